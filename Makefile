@@ -1,0 +1,49 @@
+# bakeoff — `make bench` runs the quick suite, `make test` runs the test suite.
+# Both create the virtual environment first, so they work on a fresh clone.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUITE ?= quick
+PYTEST_ARGS ?=
+
+.PHONY: install bench test test-deep lint lock clean help
+
+help:
+	@echo "make install   create $(VENV) and install bakeoff with every adapter library (idempotent)"
+	@echo "make bench     run the $(SUITE) suite (SUITE=name to change) and print where results went"
+	@echo "make test      run the test suite (CI runs this)"
+	@echo "make test-deep the slow tests and the deep hypothesis profile"
+	@echo "make lint      ruff check"
+	@echo "make lock      rewrite constraints/bench.txt from the current environment"
+	@echo "make clean     remove generated state (results, caches); keeps $(VENV)"
+
+install: $(STAMP)
+
+# Reinstall only when the project's dependencies change. constraints/bench.txt pins the exact
+# versions the published results used; pip still honours the machine's own torch cap.
+$(STAMP): pyproject.toml constraints/bench.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints/bench.txt -e '.[adapters,dev]'
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/bakeoff bench --suite $(SUITE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-deep: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -q -n 2 --run-slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e ' > constraints/bench.txt
+
+clean:
+	rm -rf results reports/out .hypothesis .benchmarks .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,98 @@
+"""The adapter contract: what the harness hands an adapter, and what it must give back.
+
+An adapter drives one training API the way that library's users write it. Everything that
+must be equal across adapters (initial weights, batches, loss, optimizer math, precision and
+distributed context) arrives in the :class:`Job`; the adapter only decides how its library
+runs the loop, and calls the probe from its library's own hook mechanism.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kernels.distributed import DistContext
+from kernels.precision import Precision
+from kernels.sampling import ShardedBatchSampler
+from tasks.base import OptimizerRecipe, Task, TaskData
+
+STYLES = ("native", "inheritance", "callback", "high-level")
+MODES = ("aligned", "defaults")
+
+
+@dataclass(kw_only=True)
+class Job:
+    """One training run as an adapter sees it."""
+
+    task: Task
+    options: dict[str, Any]
+    """The task's resolved options."""
+    data: TaskData
+    model: nn.Module
+    """Initialized from the spec's seed, already on ``device``; not wrapped in DDP."""
+    train_loader: DataLoader
+    """The harness's loader: its ``sampler`` is a ShardedBatchSampler yielding this rank's batches."""
+    sampler: ShardedBatchSampler
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: OptimizerRecipe
+    precision: Precision
+    """The harness precision object; adapters with their own precision option map ``precision.name``."""
+    dist: DistContext
+    device: torch.device
+    mode: str
+    seed: int
+    batch_size: int
+    """Per-rank micro-batch size."""
+    steps: int
+    """Optimizer steps to run."""
+    lr: float
+    grad_accum: int
+    probe: Any
+    """The harness probe: ``add_loss(loss)`` per micro-batch, ``step_end()`` after each optimizer step."""
+    workdir: str
+    """A scratch folder this run may write to (logs, checkpoints of the library's defaults)."""
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What the adapter actually did (precision implementation, sampler used, …): lands in the result."""
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        return self.optimizer.build(params, lr=self.lr)
+
+
+class Unsupported(Exception):
+    """Raised by ``Adapter.check`` (or during fit) when the library cannot run this spec."""
+
+
+class Adapter:
+    """Base class. Subclasses set the class attributes and implement ``fit``."""
+
+    name: ClassVar[str]
+    style: ClassVar[str]
+    library: ClassVar[str | None] = None
+    """Distribution name whose version the result records (``None`` for plain torch)."""
+    modes: ClassVar[tuple[str, ...]] = MODES
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16-mixed", "fp16-mixed")
+    distributed: ClassVar[bool] = True
+    """Whether the adapter can run under torchrun with world size > 1."""
+
+    def check(self, *, task: Task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
+        """Why this adapter cannot run the spec, or None when it can. Called before launching."""
+        if mode not in self.modes:
+            return f"{self.name} has no {mode!r} mode (modes: {', '.join(self.modes)})"
+        if precision not in self.precisions:
+            return f"{self.name} does not support {precision}"
+        if world_size > 1 and not self.distributed:
+            return f"{self.name} cannot run distributed (world size {world_size})"
+        return None
+
+    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
+        """The verdict this adapter declares against native for such a spec."""
+        return "bitwise" if mode == "aligned" and precision == "fp32" else "not-comparable"
+
+    def fit(self, job: Job) -> nn.Module:
+        """Train ``job.model`` for ``job.steps`` optimizer steps; return the trained (unwrapped) model."""
+        raise NotImplementedError

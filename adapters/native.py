@@ -1,0 +1,50 @@
+"""The reference: a plain PyTorch training loop, readable top to bottom.
+
+Every other adapter is measured against this one, so it does the obvious thing and nothing
+else: the harness's batches, the task's optimizer, autocast around forward + loss, the loss
+divided by the accumulation count, DDP gradient sync only on the last micro-batch.
+"""
+
+from __future__ import annotations
+
+from torch.nn.parallel import DistributedDataParallel
+
+from adapters.base import Adapter, Job
+from kernels.distributed import wrap_ddp
+from kernels.sampling import endless
+
+
+class NativeAdapter(Adapter):
+    name = "native"
+    style = "native"
+    library = None
+    modes = ("aligned",)  # the native loop has no library defaults to measure
+
+    def fit(self, job: Job):
+        model = job.model
+        train_model = wrap_ddp(model, job.dist)
+        optimizer = job.make_optimizer(model.parameters())
+        precision = job.precision
+        batches = endless(job.train_loader)
+        model.train()
+
+        for _ in range(job.steps):
+            for micro_step in range(job.grad_accum):
+                inputs, targets = next(batches)
+                inputs = inputs.to(job.device, non_blocking=True)
+                targets = targets.to(job.device, non_blocking=True)
+                # All-reduce gradients only on the last micro-batch of the step. Setting the
+                # flag (rather than entering no_sync()) keeps one code path for every micro-batch.
+                if isinstance(train_model, DistributedDataParallel):
+                    train_model.require_backward_grad_sync = micro_step == job.grad_accum - 1
+                with precision.forward_context():
+                    loss = job.loss(train_model(inputs), targets)
+                precision.backward(loss / job.grad_accum)
+                job.probe.add_loss(loss)
+            precision.optimizer_step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            job.probe.step_end()
+
+        job.notes["precision_impl"] = f"torch.autocast ({precision.name})" if precision.autocast_dtype else "fp32"
+        job.notes["skipped_steps"] = precision.skipped_steps
+        return model

@@ -1,0 +1,290 @@
+"""``bakeoff`` — run training APIs side by side and compare them.
+
+Every sub-command exits 2 with a one-line ``bakeoff: error: ...`` on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.spec import Spec, SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_RESULTS = Path(os.environ.get("BAKEOFF_RESULTS", "results"))
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        raise UsageError(message)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value`` with value parsed as JSON when it can be (numbers, booleans), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"task options look like key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def _safe_dir(text: str) -> Path:
+    path = Path(text)
+    if any(part == ".." for part in path.parts):
+        raise argparse.ArgumentTypeError(f"refusing a path that climbs out with '..': {text}")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bakeoff", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run one spec and print a one-line summary")
+    run.add_argument("--task", required=True, help="task name (see `bakeoff list`)")
+    run.add_argument("--adapter", default="native", help="adapter name (default: native)")
+    run.add_argument("--mode", default="aligned", help="aligned | defaults (default: aligned)")
+    run.add_argument("--precision", default="fp32", help="fp32 | bf16-mixed | fp16-mixed (default: fp32)")
+    run.add_argument("--world-size", type=int, default=1, help="DDP processes via torchrun (default: 1)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--batch-size", type=int, help="per-rank micro-batch (default: the task's)")
+    run.add_argument("--steps", type=int, help="optimizer steps (default: the task's)")
+    run.add_argument("--lr", type=float, help="learning rate (default: the task's)")
+    run.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    run.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto = cuda if present)")
+    run.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                     help="task option, repeatable (e.g. -o width=256)")
+    run.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
+    _add_run_options(run, default_dir=DEFAULT_RESULTS / "runs")
+    run.add_argument("--json", action="store_true", help="print the whole result JSON instead of a summary")
+
+    bench = commands.add_parser("bench", help="run a suite of specs (resumes: finished specs are skipped)")
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--suite", default="quick", help="built-in suite name (default: quick)")
+    source.add_argument("--suite-file", type=Path, help="a TOML suite file")
+    bench.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    bench.add_argument("--dry-run", action="store_true", help="list the specs without running them")
+    bench.add_argument("--retry-failed", action="store_true", help="rerun specs whose existing result failed")
+    _add_run_options(bench, default_dir=None)
+
+    commands.add_parser("list", help="list tasks, adapters and suites")
+    commands.add_parser("env", help="print the environment a result would record")
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser, default_dir: Path | None) -> None:
+    where = f"(default: {default_dir})" if default_dir else "(default: results/<suite>)"
+    parser.add_argument("--results-dir", type=_safe_dir, default=default_dir, help=f"where result files go {where}")
+    parser.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds per run (default: 600)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps excluded from step statistics")
+    parser.add_argument("--no-weights", action="store_true", help="do not save final weights next to results")
+
+
+def _device(name: str) -> str:
+    from harness.plan import best_device
+
+    if name == "auto":
+        return best_device()
+    if name not in ("cpu", "cuda"):
+        raise SpecError(f"unknown device {name!r}; choose one of: cpu, cuda, auto")
+    return name
+
+
+def _spec_from_args(args: argparse.Namespace) -> Spec:
+    from harness.registry import RegistryError, get_task
+
+    try:
+        defaults = get_task(args.task).defaults
+    except RegistryError as error:
+        raise SpecError(str(error)) from None
+    options = dict(args.option)
+    return Spec(
+        task=args.task,
+        adapter=args.adapter,
+        mode=args.mode,
+        precision=args.precision,
+        world_size=args.world_size,
+        seed=args.seed,
+        batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
+        steps=args.steps if args.steps is not None else defaults.steps,
+        lr=args.lr if args.lr is not None else defaults.lr,
+        grad_accum=args.grad_accum,
+        device=_device(args.device),
+        options=options,
+        deterministic=not args.nondeterministic,
+    )
+
+
+def _run_options(args: argparse.Namespace, results_dir: Path, warmup: int):
+    from harness.runner import RunOptions
+
+    if args.warmup is not None and args.warmup < 0:
+        raise SpecError(f"--warmup must be >= 0, got {args.warmup}")
+    return RunOptions(
+        results_dir=results_dir,
+        timeout_s=args.timeout,
+        warmup=warmup if args.warmup is None else args.warmup,
+        save_weights=not args.no_weights,
+        retry_failed=getattr(args, "retry_failed", False),
+    )
+
+
+def one_line(result: dict[str, Any]) -> str:
+    summary = result.get("summary", {})
+    spec = Spec.from_dict(result["spec"])
+    parts = [spec.label, result["status"]]
+    if result["status"] == "ok":
+        parts.append(f"{summary.get('median_step_us', float('nan')):.1f} us/step")
+        parts.append(f"final loss {summary.get('final_loss', float('nan')):.4f}")
+        metric = result.get("task", {}).get("metric_name", "metric")
+        if "eval_metric" in summary:
+            parts.append(f"{metric} {summary['eval_metric']:.4f}")
+        parts.append(f"weights {str(result.get('weights_digest'))[:16]}")
+    else:
+        parts.append(str(result.get("error")))
+    return " | ".join(parts)
+
+
+def unsupported_result(spec: Spec, reason: str, results_dir: Path) -> dict[str, Any]:
+    from harness.result import base_result, result_path, write_result
+
+    result = base_result(spec, status="unsupported", error=reason)
+    write_result(result_path(results_dir, spec), result)
+    return result
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from harness.plan import check_spec, unsupported_reason
+    from harness.result import result_path
+    from harness.runner import run_spec
+
+    spec = _spec_from_args(args)
+    check_spec(spec)
+    options = _run_options(args, args.results_dir, warmup=5)
+    reason = unsupported_reason(spec)
+    result = unsupported_result(spec, reason, options.results_dir) if reason else run_spec(spec, options)
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        print(one_line(result))
+        print(f"result: {result_path(options.results_dir, spec)}")
+    return EXIT_OK if result["status"] == "ok" else EXIT_FAILED
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from harness.plan import check_spec, unsupported_reason
+    from harness.result import result_path
+    from harness.runner import run_suite
+    from harness.suites import get_suite, load_suite_file
+
+    device = _device(args.device)
+    suite = load_suite_file(args.suite_file, device) if args.suite_file else get_suite(args.suite, device)
+    for spec in suite.specs:
+        check_spec(spec)
+    results_dir = args.results_dir or DEFAULT_RESULTS / suite.name
+    options = _run_options(args, results_dir, warmup=suite.warmup)
+    if args.dry_run:
+        for spec in suite.specs:
+            print(f"{spec.spec_id}  {spec.label}")
+        print(f"{len(suite.specs)} specs in suite {suite.name!r}")
+        return EXIT_OK
+    print(f"suite {suite.name}: {len(suite.specs)} specs on {device}, results in {results_dir}", flush=True)
+    runnable, results = [], {}
+    for spec in suite.specs:
+        reason = unsupported_reason(spec)
+        if reason:
+            results[spec.spec_id] = unsupported_result(spec, reason, results_dir)
+        else:
+            runnable.append(spec)
+    started = time.perf_counter()
+
+    def progress(index, total, spec, result, skipped, seconds):
+        state = "done earlier" if skipped else f"{seconds:.1f} s"
+        print(f"[{index}/{total}] {one_line(result)} ({state})", flush=True)
+
+    for result in run_suite(runnable, options, progress=progress):
+        results[result["spec_id"]] = result
+    counts: dict[str, int] = {}
+    for result in results.values():
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"suite {suite.name}: {summary} in {time.perf_counter() - started:.0f} s; results in {results_dir}")
+    for spec in suite.specs:
+        result = results[spec.spec_id]
+        if result["status"] == "unsupported":
+            print(f"  unsupported: {spec.label}: {result['error']}")
+    args._results = [results[spec.spec_id] for spec in suite.specs]
+    args._results_dir = results_dir
+    args._suite = suite
+    _ = result_path
+    return EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
+
+
+def command_list(args: argparse.Namespace) -> int:
+    from harness.registry import adapter_availability, get_adapter, get_task, task_names
+    from harness.suites import BUILTIN
+
+    print("tasks:")
+    for name in task_names():
+        task = get_task(name)
+        options = ", ".join(f"{k}={v}" for k, v in task.options.items())
+        print(f"  {name:10} {task.description}" + (f" [options: {options}]" if options else ""))
+    print("adapters:")
+    for name, problem in adapter_availability().items():
+        if problem:
+            print(f"  {name:10} unavailable: {problem}")
+        else:
+            adapter = get_adapter(name)
+            print(f"  {name:10} style={adapter.style} library={adapter.library or 'torch'} modes={','.join(adapter.modes)}")
+    print("suites:")
+    for name, factory in BUILTIN.items():
+        print(f"  {name:10} {factory.__doc__}")
+    return EXIT_OK
+
+
+def command_env(args: argparse.Namespace) -> int:
+    from harness import environment
+
+    print(json.dumps(environment.capture(("lightning", "fastai", "keras", "transformers", "accelerate", "mlflow")), indent=1))
+    return EXIT_OK
+
+
+COMMANDS = {"run": command_run, "bench": command_bench, "list": command_list, "env": command_env}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, SpecError) as error:
+        print(f"bakeoff: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bakeoff: interrupted; finished results are kept and `bench` resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""What a result must say about where it ran: versions and hardware, never secrets.
+
+Environment variables are read only through ALLOWED_ENV: tokens, keys and passwords in the
+environment can never reach a result, MLflow or a report.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+ALLOWED_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "KERAS_BACKEND",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "NCCL_P2P_DISABLE",
+    "NCCL_IB_DISABLE",
+)
+
+CORE_PACKAGES = ("torch", "numpy", "scikit-learn")
+
+
+def package_version(distribution: str | None) -> str | None:
+    if not distribution:
+        return None
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+@cache
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The commit the harness ran from and whether tracked files differed from it."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_sha": sha, "git_dirty": None if status is None else bool(status)}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Versions, hardware and allow-listed settings for the current process."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    environment: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "device_name": torch.cuda.get_device_name(0) if cuda else cpu_model(),
+        "gpu_count": torch.cuda.device_count() if cuda else 0,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": {name: package_version(name) for name in (*CORE_PACKAGES, *extra_packages)},
+        "env": {name: os.environ[name] for name in ALLOWED_ENV if name in os.environ},
+    }
+    if cuda:
+        environment["driver"] = _nvidia_driver()
+    environment.update(git_state())
+    return environment
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )
+        return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

@@ -1,0 +1,62 @@
+"""Checks a spec against this machine and the registry before anything is launched.
+
+Bad input (unknown names, options, a device or world size the machine cannot run) raises a
+SpecError with one line for the user; a library that cannot do a valid spec is not bad input
+and is reported as an ``unsupported`` result instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from harness.registry import RegistryError, adapter_table, get_adapter, get_task
+from harness.spec import Spec, SpecError
+from kernels.precision import PrecisionError, make_precision
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def best_device() -> str:
+    return "cuda" if cuda_available() else "cpu"
+
+
+def check_spec(spec: Spec) -> None:
+    """Raise SpecError when the spec cannot run on this machine with this registry."""
+    try:
+        task = get_task(spec.task)
+        if spec.adapter not in adapter_table():
+            get_adapter(spec.adapter)  # raises with the list of names
+    except RegistryError as error:
+        raise SpecError(str(error)) from None
+    try:
+        task.resolve_options(spec.options)
+    except ValueError as error:
+        raise SpecError(str(error)) from None
+    if spec.device == "cuda" and not cuda_available():
+        raise SpecError("device cuda requested but no CUDA device is available")
+    try:
+        make_precision(spec.precision, spec.device)
+    except PrecisionError as error:
+        raise SpecError(str(error)) from None
+    cores = os.cpu_count() or 1
+    if spec.device == "cpu" and spec.world_size > cores:
+        raise SpecError(f"world size {spec.world_size} needs {spec.world_size} CPU cores; this machine has {cores}")
+
+
+def unsupported_reason(spec: Spec) -> str | None:
+    """Why the adapter cannot run this (valid) spec here, or None."""
+    try:
+        adapter = get_adapter(spec.adapter)
+    except RegistryError as error:
+        return str(error)
+    return adapter.check(
+        task=get_task(spec.task),
+        mode=spec.mode,
+        precision=spec.precision,
+        world_size=spec.world_size,
+        device_type=spec.device,
+    )

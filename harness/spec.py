@@ -1,0 +1,134 @@
+"""The spec: one run, frozen and validated, with a stable id over its canonical JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from kernels.precision import PRECISIONS
+
+MODES = ("aligned", "defaults")
+DEVICES = ("cpu", "cuda")
+SPEC_VERSION = 1
+
+# Upper bounds that catch typos (steps=1e9) before they occupy a machine for a week.
+LIMITS = {"steps": 1_000_000, "batch_size": 1_000_000, "grad_accum": 1024, "world_size": 1024, "repeat": 10_000}
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    task: str
+    """Registered task name (``bakeoff list``)."""
+    adapter: str
+    """Registered adapter name."""
+    mode: str = "aligned"
+    """``aligned``: the library doing exactly the native loop's math; ``defaults``: as a new user gets it."""
+    precision: str = "fp32"
+    world_size: int = 1
+    """Processes (torchrun ranks); each sees ``batch_size`` samples per micro-batch."""
+    seed: int = 0
+    batch_size: int
+    """Per-rank micro-batch size."""
+    steps: int
+    """Optimizer steps."""
+    lr: float
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    device: str = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Task options (e.g. ``{"width": 256}`` for scaling)."""
+    deterministic: bool = True
+    """torch.use_deterministic_algorithms and cuDNN determinism."""
+    repeat: int = 0
+    """Repeat index: the same run measured again in a fresh process gets its own id."""
+
+    def __post_init__(self) -> None:
+        for name in ("task", "adapter"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise SpecError(f"{name} must be a non-empty name, got {value!r}")
+        if self.mode not in MODES:
+            raise SpecError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise SpecError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        for name in ("world_size", "batch_size", "steps", "grad_accum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("seed", "repeat"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SpecError(f"{name} must be a non-negative integer, got {value!r}")
+        for name, limit in LIMITS.items():
+            if getattr(self, name) > limit:
+                raise SpecError(f"{name.replace('_', '-')} {getattr(self, name)} is over the limit of {limit}")
+        if self.seed >= 2**31:
+            raise SpecError(f"seed must be below 2**31, got {self.seed}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise SpecError(f"lr must be a positive finite number, got {self.lr!r}")
+        if self.lr > 100:
+            raise SpecError(f"lr {self.lr} is over the limit of 100")
+        object.__setattr__(self, "lr", float(self.lr))
+        if not isinstance(self.deterministic, bool):
+            raise SpecError(f"deterministic must be true or false, got {self.deterministic!r}")
+        if not isinstance(self.options, Mapping):
+            raise SpecError(f"options must be a table of task options, got {self.options!r}")
+        for key, value in self.options.items():
+            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool, type(None))):
+                raise SpecError(f"task option {key!r} must be a string, number or boolean, got {value!r}")
+        object.__setattr__(self, "options", dict(sorted(self.options.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["options"] = dict(self.options)
+        return data
+
+    def canonical_json(self) -> str:
+        return json.dumps({"version": SPEC_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def spec_id(self) -> str:
+        """First 16 hex digits of SHA-256 over the canonical JSON: same content, same id."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name for progress lines and tables."""
+        options = ",".join(f"{k}={v}" for k, v in self.options.items())
+        parts = [self.task + (f"[{options}]" if options else ""), self.adapter, self.mode, self.precision]
+        if self.world_size > 1:
+            parts.append(f"ws{self.world_size}")
+        if self.grad_accum > 1:
+            parts.append(f"acc{self.grad_accum}")
+        parts.append(f"s{self.seed}")
+        if self.repeat:
+            parts.append(f"r{self.repeat}")
+        return " ".join(parts)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Spec:
+        """Parse a spec from JSON/TOML data; unknown keys are an error, not silently dropped."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a spec must be a table, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k != "version"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown spec key {unknown[0]!r} (keys: {', '.join(sorted(known))})")
+        missing = sorted(name for name in ("task", "adapter", "batch_size", "steps", "lr") if name not in data)
+        if missing:
+            raise SpecError(f"spec is missing {missing[0]!r}")
+        try:
+            return cls(**data)
+        except TypeError as error:  # e.g. a non-string key
+            raise SpecError(f"invalid spec: {error}") from None

@@ -1,0 +1,190 @@
+"""Named matrices of specs. Built-in suites are Python functions; users add TOML files.
+
+Adapters are interleaved within each cell and repeats wrap around the whole matrix
+(A B C A B C, not A A B B), so slow drifts of a shared machine spread over every adapter
+instead of landing on one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from harness.registry import adapter_names, get_task
+from harness.spec import Spec, SpecError
+
+MAX_SPECS = 20_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    name: str
+    description: str
+    specs: list[Spec] = field(default_factory=list)
+    warmup: int = 5
+    """Steps excluded from step statistics in every run of the suite."""
+    repeats: int = 1
+
+
+def _spec(task: str, adapter: str, device: str, **fields: Any) -> Spec:
+    defaults = get_task(task).defaults
+    values = {"batch_size": defaults.batch_size, "steps": defaults.steps, "lr": defaults.lr}
+    values.update(fields)
+    return Spec(task=task, adapter=adapter, device=device, **values)
+
+
+def adapter_modes(adapters: list[str]) -> list[tuple[str, str]]:
+    """(adapter, mode) pairs in a fixed order: native first, then each library's modes."""
+    from harness.registry import RegistryError, get_adapter
+
+    pairs = []
+    for name in adapters:
+        try:
+            modes = get_adapter(name).modes
+        except RegistryError:
+            modes = ("aligned",)  # unavailable: still listed, becomes an `unsupported` result
+        pairs += [(name, mode) for mode in modes]
+    return pairs
+
+
+def _ordered_adapters() -> list[str]:
+    names = adapter_names()
+    return ["native", *[n for n in names if n != "native"]]
+
+
+def _interleave(cells: list[list[Spec]], repeats: int) -> list[Spec]:
+    ordered = []
+    for repeat in range(repeats):
+        for cell in cells:
+            ordered += [replace(spec, repeat=repeat) for spec in cell]
+    return ordered
+
+
+def quick(device: str) -> Suite:
+    """Every adapter on every small task at CPU-minutes scale; a few bf16 and DDP cells."""
+    adapters = _ordered_adapters()
+    pairs = adapter_modes(adapters)
+    aligned = [(a, m) for a, m in pairs if m == "aligned"]
+    cells: list[list[Spec]] = []
+    cells.append([_spec("digits", a, device, mode=m) for a, m in pairs])
+    cells.append([_spec("digits", a, device, mode=m, precision="bf16-mixed") for a, m in aligned])
+    cells.append([_spec("digits", a, device, mode=m, world_size=2) for a, m in aligned])
+    cells.append([_spec("tabular", a, device, mode=m) for a, m in aligned])
+    cells.append([_spec("charlm", a, device, mode=m) for a, m in aligned])
+    for width in (32, 256, 1024):
+        cells.append([_spec("scaling", a, device, mode=m, options={"width": width}) for a, m in aligned])
+    return Suite(name="quick", description=quick.__doc__, specs=_interleave(cells, 1))
+
+
+def standard(device: str) -> Suite:
+    """The reference CPU suite: more steps, both modes, bf16, DDP, accumulation, a width sweep, 3 repeats."""
+    adapters = _ordered_adapters()
+    pairs = adapter_modes(adapters)
+    aligned = [(a, m) for a, m in pairs if m == "aligned"]
+    cells: list[list[Spec]] = []
+    for task in ("digits", "tabular", "charlm"):
+        steps = get_task(task).defaults.steps * 2
+        cells.append([_spec(task, a, device, mode=m, steps=steps) for a, m in pairs])
+        cells.append([_spec(task, a, device, mode=m, steps=steps, precision="bf16-mixed") for a, m in aligned])
+    cells.append([_spec("digits", a, device, mode=m, world_size=2) for a, m in aligned])
+    cells.append([_spec("digits", a, device, mode=m, grad_accum=2, batch_size=32) for a, m in aligned])
+    for width in (16, 64, 256, 1024, 2048):
+        cells.append([_spec("scaling", a, device, mode=m, steps=200, options={"width": width}) for a, m in aligned])
+    return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3)
+
+
+def smoke(device: str) -> Suite:
+    """The native loop alone on digits: a seconds-long check that the machinery works."""
+    return Suite(name="smoke", description=smoke.__doc__, specs=[_spec("digits", "native", device, steps=10)])
+
+
+BUILTIN: dict[str, Callable[[str], Suite]] = {"smoke": smoke, "quick": quick, "standard": standard}
+
+
+def suite_names() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def get_suite(name: str, device: str) -> Suite:
+    if name not in BUILTIN:
+        raise SpecError(f"unknown suite {name!r}; choose one of: {', '.join(suite_names())} (or --suite-file)")
+    return BUILTIN[name](device)
+
+
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "runs"}
+
+
+def load_suite_file(path: Path, device: str) -> Suite:
+    """A TOML suite: top-level name/description/warmup/repeats and ``[[runs]]`` tables.
+
+    Each value in a run table may be a list; the run expands to the product of its lists.
+    Keys inside ``options`` expand the same way. Missing batch_size/steps/lr come from the task.
+    """
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SpecError(f"cannot read suite file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"suite file {path} is not valid TOML: {error}") from None
+    unknown = sorted(set(document) - SUITE_KEYS)
+    if unknown:
+        raise SpecError(f"suite file: unknown key {unknown[0]!r} (keys: {', '.join(sorted(SUITE_KEYS))})")
+    name = document.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise SpecError(f"suite name must be letters, digits, '-' or '_', got {name!r}")
+    warmup, repeats = document.get("warmup", 5), document.get("repeats", 1)
+    for key, value, low, high in (("warmup", warmup, 0, 10_000), ("repeats", repeats, 1, 100)):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise SpecError(f"suite {key} must be an integer from {low} to {high}, got {value!r}")
+    runs = document.get("runs")
+    if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
+        raise SpecError("suite file needs at least one [[runs]] table")
+    cells = [expand_run(run, device) for run in runs]
+    specs = _interleave(cells, repeats)
+    if len(specs) > MAX_SPECS:
+        raise SpecError(f"suite expands to {len(specs)} runs, over the limit of {MAX_SPECS}")
+    description = document.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError("suite description must be a string")
+    return Suite(name=name, description=description, specs=specs, warmup=warmup, repeats=repeats)
+
+
+def _axes(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    keys = list(table)
+    values = [v if isinstance(v, list) else [v] for v in table.values()]
+    if any(len(v) == 0 for v in values):
+        raise SpecError("suite file: an empty list expands to no runs")
+    total = 1
+    for v in values:
+        total *= len(v)
+        if total > MAX_SPECS:
+            raise SpecError(f"suite file: a run expands to more than {MAX_SPECS} specs")
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def expand_run(run: Mapping[str, Any], device: str) -> list[Spec]:
+    run = dict(run)
+    options = run.pop("options", {})
+    if not isinstance(options, dict):
+        raise SpecError("suite file: options must be a table")
+    if "repeat" in run:
+        raise SpecError("suite file: use the top-level 'repeats', not 'repeat' in a run")
+    specs = []
+    for fields in _axes(run):
+        for option_values in _axes(options) if options else [{}]:
+            task = fields.get("task")
+            if not isinstance(task, str):
+                raise SpecError(f"suite file: every run needs a task name, got {task!r}")
+            try:
+                defaults = get_task(task).defaults
+            except ValueError as error:
+                raise SpecError(str(error)) from None
+            values = {"batch_size": defaults.batch_size, "steps": defaults.steps, "lr": defaults.lr, "device": device}
+            values.update(fields)
+            values["options"] = option_values
+            specs.append(Spec.from_dict(values))
+    return specs

@@ -1,0 +1,252 @@
+"""One run in its own process: build the task, hand the job to the adapter, write the result.
+
+Launched by the runner as ``python -m harness.worker`` (or under torchrun for world size > 1).
+Never talks to MLflow: the orchestrator logs finished results, so tracking costs nothing
+inside the timed loop. Only rank 0 writes, atomically, and a failure anywhere still produces
+a ``failed`` result with the error and whatever trajectory was recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+WORKER_START_WALL_NS = time.time_ns()
+
+import torch  # noqa: E402
+
+from adapters.base import Job, Unsupported  # noqa: E402
+from harness import environment  # noqa: E402
+from harness.probe import Probe  # noqa: E402
+from harness.registry import get_adapter, get_task  # noqa: E402
+from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
+from harness.spec import Spec  # noqa: E402
+from kernels.determinism import set_determinism  # noqa: E402
+from kernels.distributed import all_reduce_mean, init_from_env, shutdown  # noqa: E402
+from kernels.precision import make_precision  # noqa: E402
+from kernels.sampling import ShardedBatchSampler, batch_loader  # noqa: E402
+
+EVAL_BATCH = 256
+
+
+def step_durations_ns(step_end_ns: list[int]) -> list[int]:
+    """Each step's duration: the first from fit start, the rest between consecutive step ends."""
+    return [end - previous for previous, end in zip([0, *step_end_ns[:-1]], step_end_ns, strict=True)]
+
+
+def summarize(spec: Spec, step_end_ns: list[int], warmup: int) -> dict[str, Any]:
+    durations = step_durations_ns(step_end_ns)
+    measured = durations[warmup:] if len(durations) > warmup + 1 else durations[1:] or durations
+    summary: dict[str, Any] = {"steps_completed": len(step_end_ns), "warmup_steps": min(warmup, len(durations))}
+    if measured:
+        median_ns = statistics.median(measured)
+        summary["median_step_us"] = median_ns / 1e3
+        summary["throughput_samples_per_s"] = spec.batch_size * spec.grad_accum * spec.world_size / (median_ns / 1e9)
+        summary["time_to_first_step_s"] = durations[0] / 1e9
+        summary["fit_s"] = step_end_ns[-1] / 1e9
+    return summary
+
+
+def peak_memory() -> dict[str, Any]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "cuda_max_allocated"}
+    return {
+        "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_memory_kind": "cpu_peak_rss",
+    }
+
+
+@torch.no_grad()
+def evaluate(job: Job) -> dict[str, float]:
+    """Validation loss and the task metric over the whole validation set, in eval mode."""
+    model = job.model
+    was_training = model.training
+    model.eval()
+    total_loss, total_metric, count = 0.0, 0.0, 0
+    inputs_all, targets_all = job.data.valid.tensors
+    for start in range(0, len(targets_all), EVAL_BATCH):
+        inputs = inputs_all[start : start + EVAL_BATCH].to(job.device)
+        targets = targets_all[start : start + EVAL_BATCH].to(job.device)
+        with job.precision.forward_context():
+            output = model(inputs)
+        output = output.float()
+        size = len(targets)
+        total_loss += float(job.task.loss(output, targets)) * size
+        if job.task.metric_name != "perplexity":
+            total_metric += float(job.task.metric(output, targets)) * size
+        count += size
+    model.train(was_training)
+    eval_loss = total_loss / count
+    metric = torch.exp(torch.tensor(min(eval_loss, 50.0))).item() if job.task.metric_name == "perplexity" else total_metric / count
+    return {"eval_loss": eval_loss, "eval_metric": metric}
+
+
+def configure_threads(device_type: str) -> None:
+    """Split the cores between local ranks so DDP ranks do not fight over them."""
+    if device_type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save_weights: bool) -> dict[str, Any]:
+    result = base_result(spec, status="ok")
+    result["timing"] = {"launch_wall_ns": launch_wall_ns, "worker_start_wall_ns": WORKER_START_WALL_NS}
+    configure_threads(spec.device)
+    context = init_from_env(spec.device)
+    result["_rank"] = context.rank
+    probe = Probe(context.device)
+    job: Job | None = None
+    try:
+        set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
+        task = get_task(spec.task)
+        options = task.resolve_options(spec.options)
+        import_start = time.perf_counter()
+        adapter = get_adapter(spec.adapter)
+        result["timing"]["adapter_import_s"] = time.perf_counter() - import_start
+        result["adapter"] = {
+            "name": adapter.name,
+            "style": adapter.style,
+            "library": adapter.library,
+            "library_version": environment.package_version(adapter.library),
+        }
+        data = task.build_data(options)
+        model = task.build_model(spec.seed, options, data).to(context.device)
+        result["task"] = {
+            "name": task.name,
+            "options": options,
+            "metric_name": task.metric_name,
+            "higher_is_better": task.higher_is_better,
+            "target_metric": task.target_metric,
+            "data_digest": data.digest,
+            "data_source": data.source,
+            "train_samples": len(data.train),
+            "valid_samples": len(data.valid),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "optimizer": task.optimizer.name,
+        }
+        sampler = ShardedBatchSampler(
+            len(data.train),
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            rank=context.rank,
+            world_size=context.world_size,
+            grad_accum=spec.grad_accum,
+        )
+        job = Job(
+            task=task,
+            options=options,
+            data=data,
+            model=model,
+            train_loader=batch_loader(data.train, sampler),
+            sampler=sampler,
+            loss=task.loss,
+            optimizer=task.optimizer,
+            precision=make_precision(spec.precision, spec.device),
+            dist=context,
+            device=context.device,
+            mode=spec.mode,
+            seed=spec.seed,
+            batch_size=spec.batch_size,
+            steps=spec.steps,
+            lr=spec.lr,
+            grad_accum=spec.grad_accum,
+            probe=probe,
+            workdir=str(results_dir / "work" / spec.spec_id),
+        )
+        # Reseed right before training: dropout masks and any library RNG use start from the
+        # same state in every adapter, whatever building the data consumed.
+        set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
+        probe.fit_start()
+        trained = adapter.fit(job)
+        job.model = trained
+        losses = all_reduce_mean(probe.step_losses(), context)
+        trajectory = probe.resolve(losses)
+        result["trajectory"] = {"step_end_ns": trajectory.step_end_ns, "losses": trajectory.losses}
+        result["summary"].update(summarize(spec, trajectory.step_end_ns, warmup))
+        if trajectory.first_step_wall_ns is not None:
+            result["summary"]["startup_s"] = (trajectory.first_step_wall_ns - launch_wall_ns) / 1e9
+        bad = next((i for i, loss in enumerate(trajectory.losses) if not torch.isfinite(torch.tensor(loss))), None)
+        if bad is not None:
+            result["status"] = "failed"
+            result["error"] = f"non-finite loss ({trajectory.losses[bad]}) at step {bad}"
+        elif len(trajectory.losses) != spec.steps:
+            result["status"] = "failed"
+            result["error"] = f"adapter ran {len(trajectory.losses)} optimizer steps, spec asked for {spec.steps}"
+        if trajectory.losses:
+            result["summary"]["final_loss"] = trajectory.losses[-1]
+        if context.is_main:
+            result["summary"].update(evaluate(job))
+            state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
+            result["weights_digest"] = weights_digest(state)
+            if save_weights:
+                path = weights_path(results_dir, spec)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(state, path)
+                result["weights_file"] = path.name
+    except Unsupported as reason:
+        result["status"] = "unsupported"
+        result["error"] = str(reason)
+    except BaseException as error:  # noqa: BLE001 - every failure must become a result
+        result["status"] = "failed"
+        result["error"] = f"{type(error).__name__}: {error}".strip()
+        result["traceback"] = traceback.format_exc()[-4000:]
+        try:
+            partial = probe.resolve()
+            result["trajectory"] = {"step_end_ns": partial.step_end_ns, "losses": partial.losses}
+        except Exception:  # noqa: BLE001 - the trajectory is best effort once training broke
+            pass
+    finally:
+        if job is not None:
+            result["notes"] = job.notes
+        result["summary"].update(peak_memory())
+        result["summary"]["wall_s"] = (time.time_ns() - launch_wall_ns) / 1e9
+        result["environment"] = environment.capture(
+            tuple(p for p in [result["adapter"].get("library")] if p)
+        )
+        result["distributed"] = {"world_size": context.world_size, "backend": context.backend}
+        shutdown(context)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.worker", description="Run one spec (internal).")
+    parser.add_argument("--spec", required=True, help="spec JSON file")
+    parser.add_argument("--results-dir", required=True)
+    parser.add_argument("--launch-wall-ns", type=int, default=WORKER_START_WALL_NS)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--save-weights", action="store_true")
+    args = parser.parse_args(argv)
+    spec = Spec.from_dict(json.loads(Path(args.spec).read_text()))
+    results_dir = Path(args.results_dir)
+    result = run(spec, results_dir, launch_wall_ns=args.launch_wall_ns, warmup=args.warmup, save_weights=args.save_weights)
+    rank = result.pop("_rank", 0)
+    if rank == 0:
+        write_result(result_path(results_dir, spec), result)
+    return 0 if result["status"] != "failed" else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run_inline(spec: Spec, results_dir: Path, *, warmup: int = 5, save_weights: bool = True) -> dict[str, Any]:
+    """Run a single-process spec inside the calling process and write its result.
+
+    For tests and notebooks: it skips the ~5 s interpreter + torch start-up of a fresh worker,
+    at the price of sharing the caller's process state. Timing figures from it are not the
+    harness's measurements; use the runner for those.
+    """
+    if spec.world_size != 1:
+        raise ValueError("run_inline runs single-process specs only; use harness.runner for DDP")
+    result = run(spec, Path(results_dir), launch_wall_ns=time.time_ns(), warmup=warmup, save_weights=save_weights)
+    result.pop("_rank", None)
+    write_result(result_path(Path(results_dir), spec), result)
+    return result

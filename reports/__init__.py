@@ -1,0 +1,1 @@
+"""Report building from results and MLflow runs."""

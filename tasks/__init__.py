@@ -1,0 +1,1 @@
+"""Standard tasks: data, model factory, loss, metric, optimizer recipe, defaults, tolerances."""

@@ -1,0 +1,73 @@
+"""Shared fixtures: hypothesis profiles, a slow marker gate, in-process and subprocess runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from harness.spec import Spec
+
+# CI profile: few examples, no deadline (a training run takes a variable ~0.1-1 s on a shared
+# 2-core machine). `make test-deep` selects the deep profile.
+settings.register_profile(
+    "ci", max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile(
+    "deep", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = REPO_ROOT / "tests" / "plugins"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `make test-deep` (--run-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def small_spec(**fields) -> Spec:
+    """A few-step spec on a small task: fast enough for property tests."""
+    values = {"task": "scaling", "adapter": "native", "batch_size": 16, "steps": 4, "lr": 0.05}
+    values.update(fields)
+    return Spec(**values)
+
+
+@pytest.fixture
+def inline(tmp_path):
+    """Run a single-process spec in this process: ``inline(spec) -> result``."""
+    from harness.worker import run_inline
+
+    def run(spec: Spec, **kwargs):
+        return run_inline(spec, tmp_path, **kwargs)
+
+    run.results_dir = tmp_path
+    return run
+
+
+@pytest.fixture
+def plugin_env(monkeypatch):
+    """Put the test-only plugin distribution (fault adapters) on the path of spawned workers."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
+    import sys
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    from harness import registry
+
+    registry.adapter_table.cache_clear()
+    registry._load_adapter_class.cache_clear()
+    yield
+    registry.adapter_table.cache_clear()
+    registry._load_adapter_class.cache_clear()
+    _ = sys
