@@ -1,0 +1,74 @@
+"""Runner faults: every way a worker can fail ends as a `failed` result and the suite goes on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness.result import read_result, result_path
+from harness.runner import RunOptions, run_spec, run_suite
+from tests.conftest import small_spec
+
+pytestmark = pytest.mark.usefixtures("plugin_env")
+
+
+def options(tmp_path, **kwargs) -> RunOptions:
+    return RunOptions(results_dir=tmp_path, save_weights=False, **kwargs)
+
+
+def test_suite_survives_raise_nan_and_hang_and_resumes(tmp_path):
+    specs = [
+        small_spec(adapter="fault-raise", steps=6),
+        small_spec(adapter="fault-nan", steps=6),
+        small_spec(adapter="fault-hang", steps=6),
+        small_spec(adapter="native", steps=6),
+    ]
+    seen = []
+    results = run_suite(specs, options(tmp_path, timeout_s=25), progress=lambda *a: seen.append(a[2].adapter))
+    by_adapter = {r["spec"]["adapter"]: r for r in results}
+    assert seen == ["fault-raise", "fault-nan", "fault-hang", "native"]
+
+    raised = by_adapter["fault-raise"]
+    assert raised["status"] == "failed"
+    assert "planted failure inside the training loop" in raised["error"]
+    assert len(raised["trajectory"]["losses"]) == 2  # the partial trajectory up to the fault
+
+    nan = by_adapter["fault-nan"]
+    assert nan["status"] == "failed"
+    assert nan["error"].startswith("non-finite loss") and "at step 2" in nan["error"]
+
+    hung = by_adapter["fault-hang"]
+    assert hung["status"] == "failed"
+    assert hung["error"] == "timed out after 25 s"
+
+    assert by_adapter["native"]["status"] == "ok"
+    for spec in specs:  # every spec has a valid result file on disk
+        assert read_result(result_path(tmp_path, spec))["spec_id"] == spec.spec_id
+
+    # Resume: nothing is rerun, so the suite returns instantly with the same results.
+    again = run_suite(specs, options(tmp_path, timeout_s=25))
+    assert [r["spec_id"] for r in again] == [r["spec_id"] for r in results]
+    assert [r["status"] for r in again] == [r["status"] for r in results]
+
+
+def test_worker_killed_by_signal_becomes_failed_result(tmp_path):
+    result = run_spec(small_spec(adapter="fault-kill", steps=6), options(tmp_path, timeout_s=60))
+    assert result["status"] == "failed"
+    assert result["error"] == "killed by signal SIGKILL without a result"
+
+
+def test_no_worker_process_outlives_a_timeout(tmp_path):
+    spec = small_spec(adapter="fault-hang", steps=6)
+    run_spec(spec, options(tmp_path, timeout_s=20))
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_worker_for(pid, tmp_path)]
+    assert leftovers == []
+
+
+def _is_worker_for(pid: str, results_dir) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "harness.worker" in command and str(results_dir) in command
