@@ -1,0 +1,196 @@
+"""PyTorch Lightning: the inheritance style. A ``LightningModule`` subclass handed to a ``Trainer``.
+
+The module owns the math (``training_step`` returns the task's loss, ``configure_optimizers``
+builds the task's torch optimizer); the Trainer owns the loop. Everything else goes through
+Lightning's own options, as a Lightning user would write it:
+
+- precision: ``Trainer(precision="32-true" | "bf16-mixed" | "16-mixed")``;
+- DDP: ``strategy="ddp"`` under torchrun. Lightning detects torchrun through its
+  ``TorchElasticEnvironment`` and, because the worker has already created the process group,
+  ``_init_dist_connection`` returns early and the strategy joins that group;
+- gradient accumulation: ``accumulate_grad_batches`` (Lightning divides the loss by k and
+  blocks DDP gradient sync on the first k-1 micro-batches, like the native loop);
+- the probe: a ``Callback`` (:class:`ProbeCallback`).
+
+``aligned`` hands the Trainer the harness's loader (``use_distributed_sampler=False``, or
+Lightning would swap in its own shuffling ``DistributedSampler`` under DDP) and switches off
+everything the native loop does not do: sanity validation, progress bar, logger,
+checkpointing, model summary. ``defaults`` is the Trainer as a new user gets it, with a
+shuffling ``DataLoader`` and a validation loader, so the report can show what that costs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.utils.data import DataLoader
+
+from adapters.base import Adapter, Job
+
+# The harness's precision names → Lightning's own ``Trainer(precision=...)`` values.
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16-mixed": "bf16-mixed", "fp16-mixed": "16-mixed"}
+
+
+class TaskModule(L.LightningModule):
+    """The task as a Lightning user writes it: the model, its loss and its optimizer in one class."""
+
+    def __init__(self, job: Job, *, log_metrics: bool) -> None:
+        super().__init__()
+        self.model = job.model
+        self.loss_fn = job.loss
+        self.metric_fn = None if job.task.metric_name == "perplexity" else job.task.metric
+        self.metric_name = job.task.metric_name
+        self.build_optimizer = job.make_optimizer
+        self.log_metrics = log_metrics
+        """``defaults`` logs what a new user logs; ``aligned`` logs nothing (the native loop does not)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        loss = self.loss_fn(self(inputs), targets)
+        if self.log_metrics:
+            self.log("train_loss", loss, prog_bar=True)
+        # Lightning divides "loss" by accumulate_grad_batches before handing it to callbacks;
+        # extra keys reach ``on_train_batch_end`` untouched, so the probe gets the batch's loss.
+        return {"loss": loss, "batch_loss": loss.detach()}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        inputs, targets = batch
+        output = self(inputs).float()
+        self.log("val_loss", self.loss_fn(output, targets), prog_bar=True, sync_dist=True)
+        if self.metric_fn is not None:
+            self.log(f"val_{self.metric_name}", self.metric_fn(output, targets), sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.build_optimizer(self.parameters())
+
+
+class ProbeCallback(L.Callback):
+    """Feeds the harness probe: every micro-batch's loss, and each optimizer step's end.
+
+    ``on_train_batch_end`` runs after the optimizer update of the batch that completed an
+    accumulation group; ``trainer.global_step`` counts optimizer steps, so it advancing is how
+    the callback knows this batch stepped. The loss comes from ``outputs["batch_loss"]``: Lightning's
+    own ``outputs["loss"]`` is already divided by ``accumulate_grad_batches``.
+    """
+
+    def __init__(self, probe: Any) -> None:
+        self.probe = probe
+        self.steps_seen = 0
+        self.grad_scales: list[torch.Tensor] = []
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        self.probe.add_loss(outputs["batch_loss"])
+        if trainer.global_step > self.steps_seen:
+            self.steps_seen = trainer.global_step
+            self.probe.step_end()
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None:  # fp16: keep the scale on the device, no per-step host sync
+                self.grad_scales.append(scaler._scale.detach().clone())
+
+    def skipped_steps(self, trainer: L.Trainer) -> int:
+        """Optimizer steps the GradScaler skipped: the scale drops exactly when a step was skipped."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is None or not self.grad_scales:
+            return 0
+        scales = torch.cat(
+            [torch.tensor([scaler._init_scale]), torch.stack(self.grad_scales).float().cpu().reshape(-1)]
+        )
+        return int((scales[1:] < scales[:-1]).sum())
+
+
+class LightningAdapter(Adapter):
+    name = "lightning"
+    style = "inheritance"
+    library = "lightning"
+
+    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
+        # Measured on CPU (notes/issue-4.md): aligned runs are bitwise equal to native in fp32 and
+        # bf16-mixed, single process and 2-rank gloo DDP, with and without accumulation. Lightning's
+        # autocast region (training_step: forward + loss) and its loss / k are the native loop's.
+        # fp16-mixed (CUDA only) adds a GradScaler whose unscale_ Lightning calls before step();
+        # scaler.step() would do the same unscale, so it is declared bitwise as well.
+        if mode == "aligned":
+            return "bitwise"
+        return "not-comparable"
+
+    def trainer_options(self, job: Job) -> dict[str, Any]:
+        """The Trainer arguments shared by both modes: device, processes, precision, step budget."""
+        if job.dist.enabled:
+            devices: int | list[int] = job.dist.local_world_size
+            num_nodes = job.dist.world_size // job.dist.local_world_size
+            strategy = "ddp"
+        else:
+            devices = [job.device.index or 0] if job.device.type == "cuda" else 1
+            num_nodes = 1
+            strategy = "auto"
+        return {
+            "accelerator": job.device.type,
+            "devices": devices,
+            "num_nodes": num_nodes,
+            "strategy": strategy,
+            "precision": LIGHTNING_PRECISION[job.precision.name],
+            "max_steps": job.steps,
+            "accumulate_grad_batches": job.grad_accum,
+            "default_root_dir": job.workdir,
+        }
+
+    def fit(self, job: Job):
+        probe_callback = ProbeCallback(job.probe)
+        options = self.trainer_options(job)
+        if job.mode == "aligned":
+            module = TaskModule(job, log_metrics=False)
+            trainer = L.Trainer(
+                **options,
+                max_epochs=-1,  # the step budget alone ends training, as in the native loop
+                use_distributed_sampler=False,
+                num_sanity_val_steps=0,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                logger=False,
+                callbacks=[probe_callback],
+            )
+            trainer.fit(module, train_dataloaders=job.train_loader)
+            job.notes["sampler"] = f"harness {type(job.sampler).__name__} (use_distributed_sampler=False)"
+        else:
+            module = TaskModule(job, log_metrics=True)
+            trainer = L.Trainer(**options, callbacks=[probe_callback])
+            train_loader = DataLoader(job.data.train, batch_size=job.batch_size, shuffle=True)
+            valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader)
+            job.notes["sampler"] = type(trainer.train_dataloader.sampler).__name__
+            job.notes["logger"] = type(trainer.logger).__name__ if trainer.logger else None
+            job.notes["callbacks"] = sorted(type(callback).__name__ for callback in trainer.callbacks)
+            job.notes["log_every_n_steps"] = trainer.log_every_n_steps
+            job.notes["checkpoint"] = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+            )
+
+        job.notes["precision_impl"] = describe_precision(trainer)
+        job.notes["skipped_steps"] = probe_callback.skipped_steps(trainer)
+        job.notes["strategy"] = type(trainer.strategy).__name__
+        job.notes["cluster_environment"] = (
+            type(trainer.strategy.cluster_environment).__name__ if job.dist.enabled else None
+        )
+        job.notes["trainer_precision"] = options["precision"]
+        job.notes["optimizer_steps"] = trainer.global_step
+        # Strategy.teardown moves the module to the CPU at the end of fit; the harness evaluates
+        # and digests the model on the job's device.
+        return job.model.to(job.device)
+
+
+def describe_precision(trainer: L.Trainer) -> str:
+    plugin = trainer.precision_plugin
+    if isinstance(plugin, MixedPrecision):
+        scaler = "GradScaler" if plugin.scaler is not None else "no GradScaler"
+        dtype = "bfloat16" if plugin.precision == "bf16-mixed" else "float16"
+        return f"lightning MixedPrecision({plugin.precision!r}): torch.autocast({plugin.device}, {dtype}), {scaler}"
+    return f"lightning {type(plugin).__name__}({getattr(plugin, 'precision', '?')!r})"
