@@ -7,12 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUITE ?= quick
 PYTEST_ARGS ?=
+UI_PORT ?= 5000
+# The same store bakeoff uses when MLFLOW_TRACKING_URI is unset (harness/tracking.py).
+MLFLOW_DB := sqlite:///$(CURDIR)/mlflow.db
 
-.PHONY: install bench test test-deep lint lock clean help
+.PHONY: install bench report ui test test-deep lint lock clean help
 
 help:
 	@echo "make install   create $(VENV) and install bakeoff with every adapter library (idempotent)"
-	@echo "make bench     run the $(SUITE) suite (SUITE=name to change) and print where results went"
+	@echo "make bench     run the $(SUITE) suite (SUITE=name to change), log it to MLflow, write and print the report"
+	@echo "make report    rebuild the $(SUITE) suite's report from MLflow"
+	@echo "make ui        MLflow UI on http://127.0.0.1:$(UI_PORT) over bakeoff's store (UI_PORT=n to change)"
 	@echo "make test      run the test suite (CI runs this)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
 	@echo "make lint      ruff check"
@@ -29,8 +34,17 @@ $(STAMP): pyproject.toml constraints/bench.txt
 	$(BIN)/python -m pip install --quiet -c constraints/bench.txt -e '.[adapters,dev]'
 	touch $(STAMP)
 
+# bench logs every result to MLflow and ends by writing reports/out/<report-id>/ and printing its path.
 bench: $(STAMP)
 	$(BIN)/bakeoff bench --suite $(SUITE)
+
+report: $(STAMP)
+	$(BIN)/bakeoff report --suite $(SUITE)
+
+ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store $(MLFLOW_DB); Ctrl-C stops it)"
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
+		--backend-store-uri $(MLFLOW_DB) --default-artifact-root $(CURDIR)/mlartifacts
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)

@@ -87,10 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dry-run", action="store_true", help="list the specs without running them")
     bench.add_argument("--retry-failed", action="store_true", help="rerun specs whose existing result failed")
     _add_run_options(bench, default_dir=None)
+    _add_tracking_option(bench)
+    bench.add_argument("--no-tracking", action="store_true",
+                       help="keep results on disk only: no MLflow, no report (log them later with `bakeoff ingest`)")
+
+    ingest = commands.add_parser("ingest", help="log result files made elsewhere into MLflow (idempotent)")
+    ingest.add_argument("results_dir", type=Path, metavar="DIR", help="folder of result files (e.g. results/quick)")
+    ingest.add_argument("--suite", help="suite name the results belong to (default: the folder's name)")
+    ingest.add_argument("--experiment", help="MLflow experiment (default: bakeoff-<suite>)")
+    _add_tracking_option(ingest)
+
+    report = commands.add_parser("report", help="build a report (Markdown, HTML, CSV, JSON) from MLflow runs")
+    which = report.add_mutually_exclusive_group()
+    which.add_argument("--suite", help="newest run per spec of this suite's experiment (default: quick)")
+    which.add_argument("--experiment", help="newest run per spec of this MLflow experiment")
+    which.add_argument("--run-id", help="a bench/ingest invocation's parent run (or one result run)")
+    report.add_argument("--out", type=Path, default=None, help="output root (default: reports/out)")
+    _add_tracking_option(report)
 
     commands.add_parser("list", help="list tasks, adapters and suites")
     commands.add_parser("env", help="print the environment a result would record")
     return parser
+
+
+def _add_tracking_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_dir: Path | None) -> None:
@@ -241,6 +263,91 @@ def command_bench(args: argparse.Namespace) -> int:
     return EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
 
 
+def _tracking_uri(args: argparse.Namespace) -> str:
+    """The store to use, checked before anything else happens (exit 2 when it does not answer)."""
+    from harness.tracking import TrackingError, check_store, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        check_store(uri)
+    except TrackingError as error:
+        hint = "; nothing was run" if args.command == "bench" else ""
+        raise UsageError(f"{error}{hint} (choose a store with --tracking-uri or MLFLOW_TRACKING_URI)") from None
+    return uri
+
+
+def _write_report(uri: str, selection, out: Path | None = None) -> int:
+    from reports.build import DEFAULT_OUT, build_report, write_report
+    from reports.source import SourceError
+
+    try:
+        report = build_report(uri, selection)
+    except SourceError as error:
+        raise UsageError(str(error)) from None
+    folder = write_report(report, out or DEFAULT_OUT)
+    print(f"report {report.report_id} over {report.counts_line} runs: {folder / 'report.html'}")
+    print(f"  also {folder / 'report.md'}, {folder / 'results.csv'}, {folder / 'report.json'}")
+    return EXIT_OK
+
+
+def command_bench_tracked(args: argparse.Namespace) -> int:
+    """``bench``: check the store, run the suite, log its results to MLflow, write the report."""
+    from harness.tracking import TrackingError, log_results
+
+    tracked = not args.dry_run and not args.no_tracking
+    uri = _tracking_uri(args) if tracked else None
+    code = command_bench(args)
+    if not tracked or not hasattr(args, "_results"):
+        return code
+    try:
+        logged = log_results(args._results, results_dir=args._results_dir, suite=args._suite.name, uri=uri,
+                             command="bench")
+    except TrackingError as error:
+        print(f"bakeoff: error: {error}", file=sys.stderr)
+        print(f"bakeoff: the results are intact in {args._results_dir}; log them later with "
+              f"`bakeoff ingest {args._results_dir}`", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"mlflow: {len(logged.logged)} runs logged, {len(logged.existing)} already there, in {logged.seconds:.1f} s "
+          f"(parent run {logged.parent_run_id}, store {uri})")
+    from reports.source import Selection
+
+    _write_report(uri, Selection(run_id=logged.parent_run_id))
+    return code
+
+
+def command_ingest(args: argparse.Namespace) -> int:
+    from harness.tracking import TrackingError, log_results, read_result_dir
+
+    folder = args.results_dir
+    if not folder.is_dir():
+        raise UsageError(f"no such folder: {folder}")
+    results, problems = read_result_dir(folder)
+    for problem in problems:
+        print(f"bakeoff: skipping {problem}", file=sys.stderr)
+    if not results:
+        raise UsageError(f"no valid result files in {folder}")
+    uri = _tracking_uri(args)
+    suite = args.suite or folder.resolve().name
+    try:
+        logged = log_results(results, results_dir=folder, suite=suite, uri=uri, command="ingest",
+                             experiment=args.experiment)
+    except TrackingError as error:
+        print(f"bakeoff: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    parent = f" under parent run {logged.parent_run_id}" if logged.parent_run_id else ""
+    print(f"ingested {folder}: {len(logged.logged)} new runs{parent}, {len(logged.existing)} already in {uri} "
+          f"(experiment id {logged.experiment_id}, {logged.seconds:.1f} s)")
+    return EXIT_OK
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from reports.source import Selection
+
+    uri = _tracking_uri(args)
+    suite = None if (args.experiment or args.run_id) else (args.suite or "quick")
+    return _write_report(uri, Selection(suite=suite, experiment=args.experiment, run_id=args.run_id), args.out)
+
+
 def command_list(args: argparse.Namespace) -> int:
     from harness.registry import adapter_availability, get_adapter, get_task, task_names
     from harness.suites import BUILTIN
@@ -256,7 +363,8 @@ def command_list(args: argparse.Namespace) -> int:
             print(f"  {name:10} unavailable: {problem}")
         else:
             adapter = get_adapter(name)
-            print(f"  {name:10} style={adapter.style} library={adapter.library or 'torch'} modes={','.join(adapter.modes)}")
+            library, modes = adapter.library or "torch", ",".join(adapter.modes)
+            print(f"  {name:10} style={adapter.style} library={library} modes={modes}")
     print("suites:")
     for name, factory in BUILTIN.items():
         print(f"  {name:10} {factory.__doc__}")
@@ -266,11 +374,19 @@ def command_list(args: argparse.Namespace) -> int:
 def command_env(args: argparse.Namespace) -> int:
     from harness import environment
 
-    print(json.dumps(environment.capture(("lightning", "fastai", "keras", "transformers", "accelerate", "mlflow")), indent=1))
+    libraries = ("lightning", "fastai", "keras", "transformers", "accelerate", "mlflow")
+    print(json.dumps(environment.capture(libraries), indent=1))
     return EXIT_OK
 
 
-COMMANDS = {"run": command_run, "bench": command_bench, "list": command_list, "env": command_env}
+COMMANDS = {
+    "run": command_run,
+    "bench": command_bench_tracked,
+    "ingest": command_ingest,
+    "report": command_report,
+    "list": command_list,
+    "env": command_env,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,134 @@
+"""Report tables as pandas DataFrames, built from MLflow run records only.
+
+Every figure here is a value MLflow holds (a run's metric, param or tag), copied, never recomputed,
+so the report and the dashboard agree. Derived statistics (bootstrap CIs, overhead ratios, scaling
+fits) belong here too, as further functions over these frames.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from reports.source import RunRecord
+
+# (column, where it comes from) in display order. Sources: metric:<key>, param:<key>, tag:<name>.
+COLUMNS: list[tuple[str, str]] = [
+    ("task", "tag:task"),
+    ("options", "options"),
+    ("adapter", "tag:adapter"),
+    ("mode", "tag:mode"),
+    ("precision", "tag:precision"),
+    ("world_size", "tag:world_size"),
+    ("grad_accum", "param:grad_accum"),
+    ("seed", "param:seed"),
+    ("repeat", "param:repeat"),
+    ("device", "tag:device"),
+    ("status", "tag:status"),
+    ("parity", "tag:parity"),
+    ("median_step_us", "metric:median_step_us"),
+    ("throughput_samples_per_s", "metric:throughput_samples_per_s"),
+    ("peak_memory_bytes", "metric:peak_memory_bytes"),
+    ("final_loss", "metric:final_loss"),
+    ("eval_metric", "metric:eval_metric"),
+    ("metric_name", "tag:metric_name"),
+    ("wall_s", "metric:wall_s"),
+    ("weights_digest", "tag:weights_digest"),
+    ("library", "tag:library"),
+    ("library_version", "tag:library_version"),
+    ("spec_id", "tag:spec_id"),
+    ("run_id", "run_id"),
+    ("error", "tag:error"),
+    ("parity_detail", "tag:parity_detail"),
+]
+NUMERIC = {"median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "wall_s"}
+INTEGER = {"world_size", "grad_accum", "seed", "repeat"}
+SORT = [
+    "task", "options", "precision", "world_size", "grad_accum", "adapter_order", "adapter", "mode", "seed", "repeat"
+]
+
+
+def _options(record: RunRecord) -> str:
+    options = {k.removeprefix("options."): json.loads(v) for k, v in record.params.items() if k.startswith("options.")}
+    return ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+
+
+def _value(record: RunRecord, source: str) -> Any:
+    if source == "run_id":
+        return record.run_id
+    if source == "options":
+        return _options(record)
+    kind, _, key = source.partition(":")
+    if kind == "metric":
+        return record.metrics.get(key)
+    if kind == "param":
+        return record.params.get(key)
+    return record.tag(key)
+
+
+def runs_table(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per run: task × adapter × precision × world size (× seed, repeat) with its figures."""
+    rows = [{column: _value(record, source) for column, source in COLUMNS} for record in records]
+    frame = pd.DataFrame(rows, columns=[c for c, _ in COLUMNS])
+    for column in NUMERIC:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in INTEGER:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    frame["adapter_order"] = (frame["adapter"] != "native").astype(int)  # native first in every cell
+    frame = frame.sort_values(SORT, kind="stable").drop(columns="adapter_order").reset_index(drop=True)
+    return frame
+
+
+def run_label(row: pd.Series | dict[str, Any]) -> str:
+    """Short name of a run inside one task's plot: what varies across adapters and cells."""
+    parts = [row["adapter"], row["mode"], row["precision"]]
+    if int(row["world_size"]) > 1:
+        parts.append(f"ws{row['world_size']}")
+    if int(row["grad_accum"]) > 1:
+        parts.append(f"acc{row['grad_accum']}")
+    if int(row["seed"]):
+        parts.append(f"s{row['seed']}")
+    if int(row["repeat"]):
+        parts.append(f"r{row['repeat']}")
+    return " ".join(str(p) for p in parts)
+
+
+def task_key(row: pd.Series | dict[str, Any]) -> str:
+    return row["task"] + (f"[{row['options']}]" if row["options"] else "")
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in frame["status"].value_counts().sort_index().items()}
+
+
+def parity_counts(frame: pd.DataFrame) -> dict[str, int]:
+    known = frame["parity"].dropna()
+    return {str(k): int(v) for k, v in known.value_counts().sort_index().items()}
+
+
+def provenance(records: list[RunRecord]) -> dict[str, list[str]]:
+    """The distinct code versions, libraries and machines the runs came from."""
+    keys = {
+        "git_sha": "git_sha",
+        "git_dirty": "git_dirty",
+        "torch": "torch",
+        "cuda": "cuda",
+        "device_name": "device_name",
+    }
+    found: dict[str, set[str]] = {name: set() for name in keys}
+    found["libraries"] = set()
+    for record in records:
+        for name, tag in keys.items():
+            value = record.tag(tag)
+            if value is not None:
+                found[name].add(value)
+        if record.tag("library") and record.tag("library_version"):
+            found["libraries"].add(f"{record.tag('library')} {record.tag('library_version')}")
+    return {name: sorted(values) for name, values in found.items()}
+
+
+def step_series(records: list[RunRecord], key: str) -> dict[str, list[tuple[int, float]]]:
+    """run_id → the per-step metric as logged in MLflow."""
+    return {record.run_id: record.histories.get(key, []) for record in records}
