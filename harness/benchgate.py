@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.benchgate", description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path)
     parser.add_argument("candidate", type=Path)
-    parser.add_argument("--threshold", type=float, default=0.25,
-                        help="allowed growth of an adapter's per-step ratio to native (default 0.25 = 25%%)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.25,
+        help="allowed growth of an adapter's per-step ratio to native (default 0.25 = 25%%)",
+    )
     parser.add_argument("--json", type=Path, help="also write the comparison as JSON here")
     args = parser.parse_args(argv)
     try:
@@ -47,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchgate: error: {error}", file=sys.stderr)
         return 2
     comparison = compare_cells(
-        baseline, candidate, reference_of=lambda _: REFERENCE, describe=lambda k: f"{k[0]} {k[1]}",
+        baseline,
+        candidate,
+        reference_of=lambda _: REFERENCE,
+        describe=lambda k: f"{k[0]} {k[1]}",
         threshold=args.threshold,
     )
     print(format_table(comparison))

@@ -24,8 +24,17 @@ DEFAULT_THRESHOLD = 0.10
 def cell_key(spec: dict[str, Any]) -> tuple:
     """What identifies a benchmark cell across result sets (seed and repeat are pooled)."""
     options = tuple(sorted(spec["options"].items()))
-    return (spec["task"], options, spec["adapter"], spec["mode"], spec["precision"], spec["world_size"],
-            spec["grad_accum"], spec["batch_size"], spec["device"])
+    return (
+        spec["task"],
+        options,
+        spec["adapter"],
+        spec["mode"],
+        spec["precision"],
+        spec["world_size"],
+        spec["grad_accum"],
+        spec["batch_size"],
+        spec["device"],
+    )
 
 
 def native_key(key: tuple) -> tuple:
@@ -34,7 +43,7 @@ def native_key(key: tuple) -> tuple:
 
 
 def describe_key(key: tuple) -> str:
-    task, options, adapter, mode, precision, world_size, grad_accum, batch_size, _ = key
+    task, options, adapter, mode, precision, world_size, grad_accum, _batch_size, _ = key
     opts = ",".join(f"{k}={v}" for k, v in options)
     extra = (f" ws{world_size}" if world_size > 1 else "") + (f" acc{grad_accum}" if grad_accum > 1 else "")
     return f"{task}{'[' + opts + ']' if opts else ''} {adapter} {mode} {precision}{extra}"
@@ -86,8 +95,11 @@ def compare_sets(
 ) -> dict[str, Any]:
     """Compare two sets of result files cell by cell."""
     return compare_cells(
-        group_by_cell(baseline), group_by_cell(candidate),
-        reference_of=native_key, describe=describe_key, threshold=threshold,
+        group_by_cell(baseline),
+        group_by_cell(candidate),
+        reference_of=native_key,
+        describe=describe_key,
+        threshold=threshold,
     )
 
 
@@ -121,8 +133,19 @@ def compare_cells(
         test = mann_whitney(_normalised(cand_cells, key, reference), _normalised(base_cells, key, reference))
         change = cand.value / base.value
         regressed = change > 1 + threshold and cand.low > base.high and test["verdict"] == "slower"
-        rows.append(CellComparison(describe(key), base.value, (base.low, base.high), cand.value,
-                                   (cand.low, cand.high), change, test, regressed, (base.repeats, cand.repeats)))
+        rows.append(
+            CellComparison(
+                describe(key),
+                base.value,
+                (base.low, base.high),
+                cand.value,
+                (cand.low, cand.high),
+                change,
+                test,
+                regressed,
+                (base.repeats, cand.repeats),
+            )
+        )
     return {
         "threshold": threshold,
         "cells": [row.__dict__ for row in rows],
@@ -150,7 +173,8 @@ def format_table(comparison: dict[str, Any]) -> str:
     count = len(comparison["regressions"])
     lines.append(
         f"{count} regression(s) beyond {comparison['threshold']:.0%} of the overhead ratio"
-        if count else f"no regression beyond {comparison['threshold']:.0%} of the overhead ratio"
+        if count
+        else f"no regression beyond {comparison['threshold']:.0%} of the overhead ratio"
     )
     return "\n".join(lines)
 

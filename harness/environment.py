@@ -43,6 +43,7 @@ def package_version(distribution: str | None) -> str | None:
 @cache
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     """The commit the harness ran from and whether tracked files differed from it."""
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
@@ -95,7 +96,9 @@ def _nvidia_driver() -> str | None:
     try:
         done = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):

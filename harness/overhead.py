@@ -34,11 +34,25 @@ def make_job(task_name: str, steps: int, batch_size: int, precision: str, option
     data = task.build_data(resolved)
     sampler = ShardedBatchSampler(len(data.train), batch_size=batch_size, seed=0)
     return Job(
-        task=task, options=resolved, data=data, model=task.build_model(0, resolved, data),
-        train_loader=batch_loader(data.train, sampler), sampler=sampler, loss=task.loss,
-        optimizer=task.optimizer, precision=make_precision(precision, "cpu"), dist=DistContext(),
-        device=torch.device("cpu"), mode="aligned", seed=0, batch_size=batch_size, steps=steps,
-        lr=task.defaults.lr, grad_accum=1, probe=Probe(torch.device("cpu")), workdir="/tmp",
+        task=task,
+        options=resolved,
+        data=data,
+        model=task.build_model(0, resolved, data),
+        train_loader=batch_loader(data.train, sampler),
+        sampler=sampler,
+        loss=task.loss,
+        optimizer=task.optimizer,
+        precision=make_precision(precision, "cpu"),
+        dist=DistContext(),
+        device=torch.device("cpu"),
+        mode="aligned",
+        seed=0,
+        batch_size=batch_size,
+        steps=steps,
+        lr=task.defaults.lr,
+        grad_accum=1,
+        probe=Probe(torch.device("cpu")),
+        workdir="/tmp",
     )
 
 
@@ -89,10 +103,16 @@ def measure(task: str, steps: int, rounds: int, batch_size: int, precision: str,
     low, high = bootstrap_ci(ratios)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     return {
-        "task": task, "options": options, "steps": steps, "rounds": rounds, "batch_size": batch_size,
+        "task": task,
+        "options": options,
+        "steps": steps,
+        "rounds": rounds,
+        "batch_size": batch_size,
         "bare_us_per_step": statistics.median(bare) / steps * 1e6,
         "native_us_per_step": statistics.median(native) / steps * 1e6,
-        "ratio_median": statistics.median(ratios), "ratio_iqr": (q1, q3), "ratio_ci95": (low, high),
+        "ratio_median": statistics.median(ratios),
+        "ratio_iqr": (q1, q3),
+        "ratio_ci95": (low, high),
         "threads": torch.get_num_threads(),
     }
 

@@ -69,7 +69,8 @@ def comparability_problem(reference: dict[str, Any], candidate: dict[str, Any]) 
         if reason:
             return reason
         if result["spec"]["mode"] == "defaults":
-            return f"{result['spec']['adapter']} defaults mode uses the library's own data order, optimizer and extras by design"
+            adapter = result["spec"]["adapter"]
+            return f"{adapter} defaults mode uses the library's own data order, optimizer and extras by design"
     a, b = reference["spec"], candidate["spec"]
     for field in SAME_RUN_FIELDS:
         if a[field] != b[field]:
@@ -102,7 +103,9 @@ def compare_weights(
     return worst, worst_abs, worst_rel, identical
 
 
-def weights_within(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor], tolerance: Tolerance) -> bool:
+def weights_within(
+    reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor], tolerance: Tolerance
+) -> bool:
     return all(
         torch.allclose(
             candidate[key].double(), reference[key].double(), rtol=tolerance.weight_rtol, atol=tolerance.weight_atol
@@ -159,7 +162,9 @@ def compare(
     return Verdict(verdict="diverged", reason="beyond the task's declared tolerance", **common)
 
 
-def compare_files(reference: dict[str, Any], candidate: dict[str, Any], results_dir: Path | tuple[Path, Path]) -> Verdict:
+def compare_files(
+    reference: dict[str, Any], candidate: dict[str, Any], results_dir: Path | tuple[Path, Path]
+) -> Verdict:
     """``compare`` with the weights loaded from beside the results and the task's tolerance."""
     from harness.registry import get_task
 

@@ -95,4 +95,7 @@ def get_adapter(name: str) -> Adapter:
 
 def adapter_availability() -> dict[str, str | None]:
     """Adapter name → None when importable, else the reason."""
-    return {name: (None if not isinstance(_load_adapter_class(name), str) else _load_adapter_class(name)) for name in adapter_names()}
+    return {
+        name: (None if not isinstance(_load_adapter_class(name), str) else _load_adapter_class(name))
+        for name in adapter_names()
+    }

@@ -41,11 +41,16 @@ class RunOptions:
 
 def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall_ns: int) -> list[str]:
     worker_args = [
-        "-m", "harness.worker",
-        "--spec", str(spec_file),
-        "--results-dir", str(options.results_dir),
-        "--launch-wall-ns", str(launch_wall_ns),
-        "--warmup", str(options.warmup),
+        "-m",
+        "harness.worker",
+        "--spec",
+        str(spec_file),
+        "--results-dir",
+        str(options.results_dir),
+        "--launch-wall-ns",
+        str(launch_wall_ns),
+        "--warmup",
+        str(options.warmup),
     ]
     if options.save_weights:
         worker_args.append("--save-weights")
@@ -53,11 +58,35 @@ def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall
         return [options.python, *worker_args]
     # torchrun's --standalone picks a free local port through the c10d rendezvous.
     return [
-        options.python, "-m", "torch.distributed.run",
-        "--standalone", "--nnodes", "1", "--nproc-per-node", str(spec.world_size),
-        "--max-restarts", "0", "--monitor-interval", "0.5",
+        options.python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(spec.world_size),
+        "--max-restarts",
+        "0",
+        "--monitor-interval",
+        "0.5",
         *worker_args,
     ]
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphaned workers).
+
+    Runs in the child before exec; the worker sets it again for torchrun's ranks. A no-op
+    where prctl is unavailable.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -98,6 +127,7 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
                 stdout=stderr,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so a timeout kills every rank
+                preexec_fn=die_with_parent,
             )
             timed_out = False
             try:
@@ -109,13 +139,24 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
             output_tail = stderr.read()[-STDERR_TAIL:].decode("utf-8", "replace")
         worker_result = _read_if_valid(path, newer_than_ns=launch_wall_ns)
         if timed_out:
+            # A worker stopped by SIGTERM writes what it had; keep its partial trajectory.
+            partial = worker_result["trajectory"] if worker_result else None
             return _write_failure(
-                spec, options, path, f"timed out after {options.timeout_s:g} s", output_tail, launch_wall_ns
+                spec,
+                options,
+                path,
+                f"timed out after {options.timeout_s:g} s",
+                output_tail,
+                launch_wall_ns,
+                trajectory=partial,
             )
         if worker_result is not None:
             return worker_result
         code = process.returncode
-        reason = f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"worker exited with code {code}"
+        if code and code < 0:
+            reason = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            reason = f"worker exited with code {code}"
         return _write_failure(spec, options, path, f"{reason} without a result", output_tail, launch_wall_ns)
 
 
@@ -129,9 +170,17 @@ def _read_if_valid(path: Path, *, newer_than_ns: int) -> dict[str, Any] | None:
 
 
 def _write_failure(
-    spec: Spec, options: RunOptions, path: Path, reason: str, output_tail: str, launch_wall_ns: int
+    spec: Spec,
+    options: RunOptions,
+    path: Path,
+    reason: str,
+    output_tail: str,
+    launch_wall_ns: int,
+    trajectory: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     result = base_result(spec, status="failed", error=reason)
+    if trajectory:
+        result["trajectory"] = trajectory
     result["output_tail"] = output_tail
     result["summary"]["wall_s"] = (time.time_ns() - launch_wall_ns) / 1e9
     write_result(path, result)
@@ -148,22 +197,123 @@ def existing_result(spec: Spec, results_dir: Path) -> dict[str, Any] | None:
         return None  # a damaged file is rerun, not trusted
 
 
+class Claim:
+    """An atomic per-spec claim file, so two `bench` processes on one folder never run a spec twice.
+
+    Created with O_EXCL; holds the owner's PID. A claim whose process is gone is stale and is
+    taken over (the orchestrator was killed mid-spec), so an interrupted suite still resumes.
+    """
+
+    def __init__(self, results_dir: Path, spec: Spec) -> None:
+        self.path = Path(results_dir) / f"{spec.spec_id}.claim"
+        self.held = False
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(str(os.getpid()))
+            self.held = True
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        try:
+            owner = int(self.path.read_text().strip() or "0")
+        except (OSError, ValueError):
+            return True
+        if owner <= 0:
+            return True
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def clear_if_stale(self) -> None:
+        """Remove a dead process's leftover claim (e.g. killed after its result was written)."""
+        if self.path.exists() and self._stale():
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
 Progress = Callable[[int, int, Spec, dict[str, Any], bool, float], None]
 
 
 def run_suite(specs: Iterable[Spec], options: RunOptions, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Run every spec (skipping those already done) and return all results in order."""
+    """Run every spec (skipping those already done) and return all results in order.
+
+    A spec another live process has claimed is waited for at the end rather than run twice.
+    """
     specs = list(specs)
-    results = []
+    results: dict[str, dict[str, Any]] = {}
+    elsewhere: list[tuple[int, Spec]] = []
     for index, spec in enumerate(specs, start=1):
         started = time.perf_counter()
         done = existing_result(spec, options.results_dir)
         skipped = done is not None and not (options.retry_failed and done["status"] == "failed")
-        result = done if skipped else run_spec(spec, options)
-        results.append(result)
+        if skipped:
+            result = done
+            Claim(options.results_dir, spec).clear_if_stale()
+        else:
+            claim = Claim(options.results_dir, spec)
+            if not claim.acquire():
+                elsewhere.append((index, spec))
+                continue
+            try:
+                done = existing_result(spec, options.results_dir)  # finished while we were claiming?
+                finished = done is not None and not (options.retry_failed and done["status"] == "failed")
+                result = done if finished else run_spec(spec, options)
+                skipped = finished
+            finally:
+                claim.release()
+        results[spec.spec_id] = result
         if progress:
             progress(index, len(specs), spec, result, skipped, time.perf_counter() - started)
-    return results
+    for index, spec in elsewhere:
+        started = time.perf_counter()
+        result = _wait_for_other(spec, options)
+        results[spec.spec_id] = result
+        if progress:
+            progress(index, len(specs), spec, result, True, time.perf_counter() - started)
+    return [results[spec.spec_id] for spec in specs]
+
+
+def _wait_for_other(spec: Spec, options: RunOptions) -> dict[str, Any]:
+    """Wait for the process that claimed ``spec``; run it ourselves if that process died."""
+    deadline = time.monotonic() + options.timeout_s + 60
+    claim = Claim(options.results_dir, spec)
+    while time.monotonic() < deadline:
+        done = existing_result(spec, options.results_dir)
+        if done is not None:
+            return done
+        if claim.acquire():
+            try:
+                return existing_result(spec, options.results_dir) or run_spec(spec, options)
+            finally:
+                claim.release()
+        time.sleep(0.5)
+    return _write_failure(
+        spec,
+        options,
+        result_path(options.results_dir, spec),
+        "another bench process claimed this spec and never finished it",
+        "",
+        time.time_ns(),
+    )
 
 
 def dump_spec(spec: Spec) -> str:

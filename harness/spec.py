@@ -74,7 +74,12 @@ class Spec:
                 raise SpecError(f"{name.replace('_', '-')} {getattr(self, name)} is over the limit of {limit}")
         if self.seed >= 2**31:
             raise SpecError(f"seed must be below 2**31, got {self.seed}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not math.isfinite(self.lr)
+            or self.lr <= 0
+        ):
             raise SpecError(f"lr must be a positive finite number, got {self.lr!r}")
         if self.lr > 100:
             raise SpecError(f"lr {self.lr} is over the limit of 100")

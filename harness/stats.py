@@ -83,8 +83,9 @@ def ratio_ci(
     ratios = _resampled_medians(cand, rng, samples) / _resampled_medians(ref, rng, samples)
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
-    return Estimate(value, float(min(low, value)), float(max(high, value)), min(len(cand), len(ref)),
-                    int(sum(a.size for a in cand)))
+    return Estimate(
+        value, float(min(low, value)), float(max(high, value)), min(len(cand), len(ref)), int(sum(a.size for a in cand))
+    )
 
 
 def mann_whitney(candidate: Sequence[float], reference: Sequence[float], *, alpha: float = ALPHA) -> dict:
@@ -123,7 +124,9 @@ def linear_fit(x: Sequence[float], y: Sequence[float], *, seed: int = 0, samples
     slope_ci = np.percentile(fits_array[:, 0], [tail, 100 - tail])
     fixed_ci = np.percentile(fits_array[:, 1], [tail, 100 - tail])
     return {
-        "fixed": float(fixed), "fixed_ci": (float(min(fixed_ci[0], fixed)), float(max(fixed_ci[1], fixed))),
-        "slope": float(slope), "slope_ci": (float(min(slope_ci[0], slope)), float(max(slope_ci[1], slope))),
+        "fixed": float(fixed),
+        "fixed_ci": (float(min(fixed_ci[0], fixed)), float(max(fixed_ci[1], fixed))),
+        "slope": float(slope),
+        "slope_ci": (float(min(slope_ci[0], slope)), float(max(slope_ci[1], slope))),
         "points": int(xs.size),
     }

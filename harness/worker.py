@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from harness import environment  # noqa: E402
 from harness.probe import Probe  # noqa: E402
 from harness.registry import get_adapter, get_task  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
+from harness.runner import die_with_parent  # noqa: E402
 from harness.spec import Spec  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
 from kernels.distributed import all_reduce_mean, init_from_env, shutdown  # noqa: E402
@@ -85,7 +87,11 @@ def evaluate(job: Job) -> dict[str, float]:
         count += size
     model.train(was_training)
     eval_loss = total_loss / count
-    metric = torch.exp(torch.tensor(min(eval_loss, 50.0))).item() if job.task.metric_name == "perplexity" else total_metric / count
+    metric = (
+        torch.exp(torch.tensor(min(eval_loss, 50.0))).item()
+        if job.task.metric_name == "perplexity"
+        else total_metric / count
+    )
     return {"eval_loss": eval_loss, "eval_metric": metric}
 
 
@@ -94,6 +100,14 @@ def configure_threads(device_type: str) -> None:
     if device_type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (timeout, or torchrun stopping the job because another rank failed)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(f"terminated by {signal.Signals(signum).name} (timeout, or another rank failed)")
 
 
 def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save_weights: bool) -> dict[str, Any]:
@@ -194,23 +208,21 @@ def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save
     except Unsupported as reason:
         result["status"] = "unsupported"
         result["error"] = str(reason)
-    except BaseException as error:  # noqa: BLE001 - every failure must become a result
+    except BaseException as error:
         result["status"] = "failed"
         result["error"] = f"{type(error).__name__}: {error}".strip()
         result["traceback"] = traceback.format_exc()[-4000:]
         try:
             partial = probe.resolve()
             result["trajectory"] = {"step_end_ns": partial.step_end_ns, "losses": partial.losses}
-        except Exception:  # noqa: BLE001 - the trajectory is best effort once training broke
+        except Exception:
             pass
     finally:
         if job is not None:
             result["notes"] = job.notes
         result["summary"].update(peak_memory())
         result["summary"]["wall_s"] = (time.time_ns() - launch_wall_ns) / 1e9
-        result["environment"] = environment.capture(
-            tuple(p for p in [result["adapter"].get("library")] if p)
-        )
+        result["environment"] = environment.capture(tuple(p for p in [result["adapter"].get("library")] if p))
         result["distributed"] = {"world_size": context.world_size, "backend": context.backend}
         shutdown(context)
     return result
@@ -224,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--save-weights", action="store_true")
     args = parser.parse_args(argv)
+    die_with_parent()  # torchrun's ranks must not outlive torchrun
+    signal.signal(signal.SIGTERM, _terminate)  # write what we have before going
     spec = Spec.from_dict(json.loads(Path(args.spec).read_text()))
     results_dir = Path(args.results_dir)
-    result = run(spec, results_dir, launch_wall_ns=args.launch_wall_ns, warmup=args.warmup, save_weights=args.save_weights)
+    result = run(
+        spec, results_dir, launch_wall_ns=args.launch_wall_ns, warmup=args.warmup, save_weights=args.save_weights
+    )
     rank = result.pop("_rank", 0)
     if rank == 0:
         write_result(result_path(results_dir, spec), result)

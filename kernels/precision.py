@@ -86,8 +86,6 @@ def make_precision(name: str, device_type: str) -> Precision:
         return MixedPrecision(name, torch.bfloat16, device_type)
     if name == "fp16-mixed":
         if device_type != "cuda":
-            raise PrecisionError(
-                "fp16-mixed needs a CUDA device (GradScaler + fp16 autocast); use bf16-mixed on CPU"
-            )
+            raise PrecisionError("fp16-mixed needs a CUDA device (GradScaler + fp16 autocast); use bf16-mixed on CPU")
         return MixedPrecision(name, torch.float16, device_type)
     raise PrecisionError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")

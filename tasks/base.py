@@ -104,7 +104,7 @@ def fixed_split(count: int, valid_fraction: float, *, split_seed: int = 1234) ->
     generator = torch.Generator()
     generator.manual_seed(split_seed)
     order = torch.randperm(count, generator=generator)
-    valid_count = int(round(count * valid_fraction))
+    valid_count = round(count * valid_fraction)
     return order[valid_count:], order[:valid_count]
 
 

@@ -29,9 +29,7 @@ def generated_corpus(characters: int, seed: int = 7) -> str:
     parts: list[str] = []
     length = 0
     while length < characters:
-        sentence = (
-            f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_ENDINGS)}. "
-        )
+        sentence = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_ENDINGS)}. "
         parts.append(sentence)
         length += len(sentence)
     return "".join(parts)[:characters]

@@ -14,7 +14,7 @@ from tasks.base import (
     seeded_init,
     tensor_data,
 )
-from tasks.tolerances import STANDARD_TOLERANCES, STANDARD_DRIFT
+from tasks.tolerances import STANDARD_DRIFT, STANDARD_TOLERANCES
 
 
 class DigitsCNN(nn.Module):

@@ -28,9 +28,9 @@ def golden_spec(task: str) -> Spec:
 
 
 def machine() -> dict:
-    from harness.environment import cpu_model
-
     import torch
+
+    from harness.environment import cpu_model
 
     return {"cpu_model": cpu_model(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 

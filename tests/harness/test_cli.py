@@ -38,7 +38,7 @@ def test_bad_run_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "out"
     extra = [] if "--results-dir" in args else ["--results-dir", str(results)]
-    code, out, err = run_cli(capsys, "run", *args, *extra)
+    code, _out, err = run_cli(capsys, "run", *args, *extra)
     assert code == 2
     assert err.startswith("bakeoff: error: ") and message in err
     assert err.count("\n") == 1
@@ -48,7 +48,9 @@ def test_bad_run_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path
 def test_bad_suite_name_and_missing_command(capsys):
     code, _, err = run_cli(capsys, "bench", "--suite", "huge")
     assert code == 2 and "unknown suite 'huge'; choose one of:" in err
-    code, _, err = run_cli(capsys, )
+    code, _, err = run_cli(
+        capsys,
+    )
     assert code == 2 and "required: COMMAND" in err
 
 

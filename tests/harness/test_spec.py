@@ -48,16 +48,29 @@ def test_from_dict_refuses_unknown_and_missing_keys():
         Spec.from_dict(data)
 
 
-scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 10**7), st.floats(allow_nan=True), st.text(max_size=8)
-)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**7), st.floats(allow_nan=True), st.text(max_size=8))
 
 
 @given(
     st.dictionaries(
         st.sampled_from(
-            ["task", "adapter", "mode", "precision", "world_size", "seed", "batch_size", "steps", "lr",
-             "grad_accum", "device", "options", "repeat", "deterministic", "junk"]
+            [
+                "task",
+                "adapter",
+                "mode",
+                "precision",
+                "world_size",
+                "seed",
+                "batch_size",
+                "steps",
+                "lr",
+                "grad_accum",
+                "device",
+                "options",
+                "repeat",
+                "deterministic",
+                "junk",
+            ]
         ),
         st.one_of(scalars, st.dictionaries(st.text(max_size=5), scalars, max_size=3)),
     )

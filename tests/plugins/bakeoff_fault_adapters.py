@@ -79,3 +79,51 @@ class NanAdapter(NativeAdapter):
 
         job.loss = poisoned
         return super().fit(job)
+
+
+class KillRankOneAdapter(_FaultAdapter):
+    """Rank 1 of a DDP job dies by SIGKILL; rank 0 must still end as a failed result."""
+
+    name = "fault-kill-rank1"
+
+    def fit(self, job):
+        self._rank = job.dist.rank
+        return super().fit(job)
+
+    def fault(self) -> None:
+        if self._rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class OutOfMemoryAdapter(_FaultAdapter):
+    """An out-of-memory error, simulated on CPU with the exception CUDA would raise."""
+
+    name = "fault-oom"
+
+    def fault(self) -> None:
+        import torch
+
+        raise torch.OutOfMemoryError("simulated: tried to allocate 80.00 GiB")
+
+
+def _lightning_callback_fault():
+    """A Lightning run whose Callback raises (the probe is called from a Lightning Callback)."""
+    from adapters.lightning import LightningAdapter
+
+    class LightningCallbackRaiseAdapter(LightningAdapter):
+        name = "fault-lightning-callback"
+
+        def fit(self, job):
+            def boom():
+                raise RuntimeError("planted failure inside a Lightning callback")
+
+            job.probe = _FaultingProbe(job.probe, boom)
+            return super().fit(job)
+
+    return LightningCallbackRaiseAdapter
+
+
+def __getattr__(name):  # the Lightning-based fault adapter is built only when asked for
+    if name == "LightningCallbackRaiseAdapter":
+        return _lightning_callback_fault()
+    raise AttributeError(name)

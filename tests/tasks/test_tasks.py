@@ -70,7 +70,7 @@ def test_mnist_loads_tiny_files_in_torchvision_format(tmp_path):
     data = task.build_data(options)
     images, labels = data.train.tensors
     assert images.shape == (40, 1, 28, 28) and labels.shape == (40,)
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
     assert data.inferable.num_classes == 10
     model = task.build_model(0, options, data)
     assert model(images[:2]).shape == (2, 10)
@@ -88,7 +88,7 @@ def test_cifar10_loads_tiny_pickles_in_torchvision_format(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": classes}))
     task = get_task("cifar10")
     data = task.build_data(task.resolve_options({"root": str(tmp_path)}))
-    images, labels = data.train.tensors
+    images, _labels = data.train.tensors
     assert images.shape == (20, 3, 32, 32) and len(data.valid) == 4
     assert data.inferable.num_classes == 10
 
