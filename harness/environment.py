@@ -26,6 +26,7 @@ ALLOWED_ENV = (
     "PYTORCH_CUDA_ALLOC_CONF",
     "NCCL_P2P_DISABLE",
     "NCCL_IB_DISABLE",
+    "BAKEOFF_THREADS_PER_RANK",
 )
 
 CORE_PACKAGES = ("torch", "numpy", "scikit-learn")

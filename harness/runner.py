@@ -7,6 +7,7 @@ file and the suite goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import envs
 from harness.environment import REPO_ROOT
 from harness.result import ResultError, base_result, read_result, result_path, write_result
 from harness.spec import Spec
@@ -37,6 +39,10 @@ class RunOptions:
     python: str = sys.executable
     retry_failed: bool = False
     """On resume, run again specs whose existing result is ``failed``."""
+    nnodes: int = 1
+    """Machines the job spans; > 1 launches torchrun with a c10d rendezvous at ``rdzv_endpoint``.
+    Every node runs the same command; the node that holds global rank 0 writes the result."""
+    rdzv_endpoint: str | None = None
 
 
 def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall_ns: int) -> list[str]:
@@ -54,6 +60,18 @@ def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall
     ]
     if options.save_weights:
         worker_args.append("--save-weights")
+    if options.nnodes > 1:
+        if spec.world_size % options.nnodes:
+            raise ValueError(f"world size {spec.world_size} does not split over {options.nnodes} nodes")
+        if not options.rdzv_endpoint:
+            raise ValueError("a multi-node run needs a rendezvous endpoint (host:port)")
+        return [
+            options.python, "-m", "torch.distributed.run",
+            "--nnodes", str(options.nnodes), "--nproc-per-node", str(spec.world_size // options.nnodes),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", options.rdzv_endpoint, "--rdzv-id", spec.spec_id,
+            "--max-restarts", "0", "--monitor-interval", "0.5",
+            *worker_args,
+        ]
     if spec.world_size == 1:
         return [options.python, *worker_args]
     # torchrun's --standalone picks a free local port through the c10d rendezvous.
@@ -114,6 +132,12 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
     """Run one spec in a fresh process and return its result (also on disk)."""
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = result_path(options.results_dir, spec)
+    try:  # an adapter that declares its own environment runs with that environment's python
+        isolated = envs.prepare(spec.adapter)
+    except envs.EnvironmentBuildError as error:
+        return _write_failure(spec, options, path, f"environment: {error}", "", time.time_ns())
+    if isolated is not None:
+        options = dataclasses.replace(options, python=str(isolated.python))
     with tempfile.TemporaryDirectory(prefix="bakeoff-") as scratch:
         spec_file = Path(scratch) / "spec.json"
         spec_file.write_text(spec.canonical_json())
@@ -151,8 +175,13 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
                 trajectory=partial,
             )
         if worker_result is not None:
+            if isolated is not None:
+                write_result(path, envs.attach(worker_result, isolated))
             return worker_result
         code = process.returncode
+        if code == 0 and options.nnodes > 1:
+            # This node did not hold global rank 0; that node wrote the result.
+            return {**base_result(spec, status="ok"), "elsewhere": "result written by the node holding rank 0"}
         if code and code < 0:
             reason = f"killed by signal {signal.Signals(-code).name}"
         else:

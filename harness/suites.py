@@ -188,3 +188,24 @@ def expand_run(run: Mapping[str, Any], device: str) -> list[Spec]:
             values["options"] = option_values
             specs.append(Spec.from_dict(values))
     return specs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` with 1 <= i <= n (1-based, as people count machines)."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise SpecError(f"--shard looks like i/n (e.g. 1/2), got {text!r}") from None
+    if not sep or not 1 <= i <= n or n > 10_000:
+        raise SpecError(f"--shard i/n needs 1 <= i <= n <= 10000, got {text!r}")
+    return i, n
+
+
+def shard(specs: list[Spec], index: int, count: int) -> list[Spec]:
+    """This machine's part of a suite: specs whose id falls in shard ``index`` of ``count``.
+
+    Keyed by spec id, not position, so adding a spec to a suite never moves the others to
+    another shard; the shards of one suite are disjoint and together are the whole suite.
+    """
+    return [spec for spec in specs if int(spec.spec_id, 16) % count == index - 1]

@@ -96,10 +96,19 @@ def evaluate(job: Job) -> dict[str, float]:
 
 
 def configure_threads(device_type: str) -> None:
-    """Split the cores between local ranks so DDP ranks do not fight over them."""
-    if device_type == "cpu":
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    """Split the cores between local ranks so DDP ranks do not fight over them.
+
+    ``BAKEOFF_THREADS_PER_RANK`` overrides the split (e.g. to emulate one core per node when
+    several "nodes" share a machine); the count used is recorded in the result's environment.
+    """
+    if device_type != "cpu":
+        return
+    override = os.environ.get("BAKEOFF_THREADS_PER_RANK")
+    if override:
+        torch.set_num_threads(max(1, int(override)))
+        return
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
 class Terminated(Exception):

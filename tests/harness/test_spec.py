@@ -82,3 +82,23 @@ def test_parser_fuzz_parses_or_refuses_cleanly(data):
         assert str(error) and "\n" not in str(error)
         return
     assert Spec.from_dict(json.loads(spec.canonical_json())).spec_id == spec.spec_id
+
+
+@given(st.integers(1, 6), st.lists(st.integers(0, 10_000), min_size=1, max_size=40, unique=True))
+def test_shards_are_disjoint_and_cover_the_suite(count, seeds):
+    from harness.suites import shard
+
+    specs = [small_spec(seed=seed) for seed in seeds]
+    parts = [shard(specs, i, count) for i in range(1, count + 1)]
+    assert sorted(s.spec_id for part in parts for s in part) == sorted(s.spec_id for s in specs)
+    extra = small_spec(seed=10_001)  # adding a spec never moves the others between shards
+    assert [s for s in shard([*specs, extra], 1, count) if s != extra] == parts[0]
+
+
+def test_shard_syntax_errors_are_clear():
+    from harness.suites import parse_shard
+
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "a/b", "2"):
+        with pytest.raises(SpecError, match="--shard"):
+            parse_shard(bad)
