@@ -78,6 +78,8 @@ class Adapter:
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16-mixed", "fp16-mixed")
     distributed: ClassVar[bool] = True
     """Whether the adapter can run under torchrun with world size > 1."""
+    environment: ClassVar[str | None] = None
+    """An isolated environment its workers run in (``envs/<name>.txt``, see harness.envs); None: the main one."""
 
     def check(self, *, task: Task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
         """Why this adapter cannot run the spec, or None when it can. Called before launching."""

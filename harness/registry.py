@@ -30,6 +30,7 @@ BUILTIN_ADAPTERS = {
     "fastai": "adapters.fastai:FastaiAdapter",
     "keras": "adapters.keras:KerasAdapter",
     "hf": "adapters.hf_trainer:HFTrainerAdapter",
+    "flash": "adapters.flash:FlashAdapter",
 }
 
 

@@ -1,0 +1,217 @@
+"""Lightning Flash 0.8.2: the high-level task API, run in its own environment (issue 11).
+
+Flash is archived and needs pytorch-lightning 1.9, so it cannot live beside the main
+environment's Lightning 2.x: the adapter declares ``environment = "flash"`` (``envs/flash.txt``)
+and the runner starts its workers with that environment's interpreter (harness/envs.py).
+This module imports nothing from Flash at import time, so the main environment can still list
+the adapter, ask it which specs it can run and which environment it needs.
+
+What a Flash user writes: a task object (here the generic ``flash.Task``, or
+``flash.core.classification.ClassificationTask`` in ``defaults``: the domain tasks such as
+``ImageClassifier`` live in ``flash.image``, which no longer imports because pystiche fails with
+current torchvision, and ``flash.tabular`` cannot be installed), ``flash.Trainer(...)`` and
+``trainer.fit(task, ...)``. The user states the model, the loss, the optimizer and, for a
+classification task, ``num_classes`` by hand (see adapters/inference.py).
+
+- ``aligned``: the harness's loader, the task's torch optimizer class and hyper-parameters via
+  Flash's ``optimizer=`` / ``learning_rate=``, no sanity validation, progress bar, logger,
+  checkpointing or model summary, ``replace_sampler_ddp=False``. Flash's ``training_step``
+  still calls ``self.log_dict`` every step: that is Flash's own cost and stays in the timing.
+- ``defaults``: ``flash.Trainer`` as a new user gets it (logger, progress bar, checkpointing,
+  sanity validation) with shuffling loaders and a validation loader; a classification task
+  gets Flash's default metric (Accuracy) and the ``num_classes`` the user had to state.
+- precision: Lightning 1.9's ``precision=32 | "bf16" | 16``; the probe: a Lightning 1.9 ``Callback``.
+- pretrained weights: Flash's backbones catch a failed download and silently build the
+  backbone with ``pretrained=False`` (a warning only). :func:`pretrained_fallbacks` finds that
+  warning; the adapter records it and refuses to call such a run pretrained.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+from adapters.base import Adapter, Job, Unsupported
+
+FLASH_PRECISION = {"fp32": 32, "bf16-mixed": "bf16", "fp16-mixed": 16}
+"""The harness's precision names → Lightning 1.9's ``Trainer(precision=...)`` values."""
+
+PRETRAINED_FALLBACK = "Failed to download pretrained weights"
+"""The start of the warning Flash's ``catch_url_error`` emits when it silently drops ``pretrained``."""
+
+
+def pretrained_fallbacks(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The warnings that say Flash built a backbone with random weights instead of pretrained ones."""
+    return [str(warning.message) for warning in caught if PRETRAINED_FALLBACK in str(warning.message)]
+
+
+def make_probe_callback(probe: Any, grad_accum: int):
+    """A Lightning 1.9 ``Callback`` feeding the probe (built lazily: Lightning 1.9 is only in the env)."""
+    import pytorch_lightning as pl
+
+    class ProbeCallback(pl.Callback):
+        """Each micro-batch's loss and each optimizer step's end.
+
+        Flash's ``training_step`` returns the bare loss; Lightning 1.9 hands callbacks that loss
+        divided by ``accumulate_grad_batches`` (``outputs["loss"]``), so the callback multiplies
+        it back (exact when the accumulation count is a power of two).
+        """
+
+        def __init__(self) -> None:
+            self.steps_seen = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+            loss = outputs["loss"]
+            probe.add_loss(loss * grad_accum if grad_accum > 1 else loss)
+            if trainer.global_step > self.steps_seen:
+                self.steps_seen = trainer.global_step
+                probe.step_end()
+
+    return ProbeCallback()
+
+
+def flash_optimizer(job: Job):
+    """The task's torch optimizer class with its hyper-parameters, in the callable form Flash accepts."""
+    hyper = dict(job.optimizer.hyper)
+    return functools.partial(job.optimizer.optimizer, **hyper) if hyper else job.optimizer.optimizer
+
+
+class FlashAdapter(Adapter):
+    name = "flash"
+    style = "high-level"
+    library = "lightning-flash"
+    environment = "flash"
+    precisions = ("fp32", "bf16-mixed", "fp16-mixed")
+    distributed = False
+    """Not wired: Flash's Trainer is Lightning 1.9's, whose DDP join of an existing torchrun group is untested here."""
+
+    def check(self, *, task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
+        reason = super().check(
+            task=task, mode=mode, precision=precision, world_size=world_size, device_type=device_type
+        )
+        if reason:
+            return reason
+        if precision == "fp16-mixed" and device_type != "cuda":
+            return "flash (Lightning 1.9) runs fp16-mixed with a GradScaler on CUDA only"
+        return None
+
+    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
+        # Measured on CPU (notes/issue-11.md): aligned fp32 and bf16-mixed runs are bitwise equal
+        # to native; Lightning 1.9's automatic optimization is the native loop's math.
+        if mode == "aligned" and grad_accum & (grad_accum - 1) == 0:
+            return "bitwise"
+        if mode == "aligned":
+            return "close"  # loss / k * k in the probe is not exact for k not a power of two
+        return "not-comparable"
+
+    def build_task(self, job: Job):
+        """The Flash task object, as its users build one: everything stated by hand."""
+        import flash
+        from flash.core.classification import ClassificationTask
+
+        common = {
+            "model": job.model,
+            "loss_fn": job.loss,
+            "optimizer": flash_optimizer(job),
+            "learning_rate": job.lr,
+        }
+        num_classes = job.data.inferable.num_classes
+        if job.mode == "defaults" and num_classes is not None and job.task.metric_name == "accuracy":
+            job.notes["flash_task"] = "ClassificationTask"
+            job.notes["stated_by_hand"] = {"num_classes": num_classes, "loss_fn": "task loss", "model": "task model"}
+            return ClassificationTask(num_classes=num_classes, **common)
+        job.notes["flash_task"] = "Task"
+        job.notes["stated_by_hand"] = {"loss_fn": "task loss", "model": "task model"}
+        return flash.Task(**common)
+
+    def fit(self, job: Job):
+        if job.dist.enabled:
+            raise Unsupported("flash adapter runs single-process only")
+        import flash
+        from torch.utils.data import DataLoader
+
+        job.notes["flash_version"] = flash.__version__
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            task = self.build_task(job)
+        fallbacks = pretrained_fallbacks(caught)
+        job.notes["pretrained"] = "none requested: the task's model, initialized from the seed"
+        if fallbacks:  # never hide it: a run that asked for pretrained weights and got random ones
+            job.notes["pretrained"] = "FELL BACK TO RANDOM WEIGHTS"
+            job.notes["pretrained_fallback_warnings"] = fallbacks
+
+        probe_callback = make_probe_callback(job.probe, job.grad_accum)
+        options: dict[str, Any] = {
+            "accelerator": job.device.type,
+            "devices": 1,
+            "precision": FLASH_PRECISION[job.precision.name],
+            "max_steps": job.steps,
+            "accumulate_grad_batches": job.grad_accum,
+            "default_root_dir": job.workdir,
+            "callbacks": [probe_callback],
+        }
+        if job.mode == "aligned":
+            trainer = flash.Trainer(
+                **options,
+                max_epochs=-1,
+                replace_sampler_ddp=False,
+                num_sanity_val_steps=0,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                logger=False,
+            )
+            trainer.fit(task, train_dataloader=job.train_loader)
+            job.notes["sampler"] = f"harness {type(job.sampler).__name__} (replace_sampler_ddp=False)"
+        else:
+            trainer = flash.Trainer(**options)
+            train_loader = DataLoader(job.data.train, batch_size=job.batch_size, shuffle=True)
+            valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
+            trainer.fit(task, train_dataloader=train_loader, val_dataloaders=valid_loader)
+            job.notes["sampler"] = type(train_loader.sampler).__name__
+            job.notes["logger"] = type(trainer.logger).__name__ if trainer.logger else None
+            job.notes["callbacks"] = sorted(type(callback).__name__ for callback in trainer.callbacks)
+            job.notes["log_every_n_steps"] = trainer.log_every_n_steps
+
+        job.notes["trainer_precision"] = str(options["precision"])
+        job.notes["precision_impl"] = describe_precision(trainer)
+        job.notes["pytorch_lightning"] = _version("pytorch-lightning")
+        job.notes["optimizer_steps"] = trainer.global_step
+        job.notes["flash_image"] = flash_image_status()  # after training: its import is not timed
+        return job.model.to(job.device)
+
+
+def describe_precision(trainer) -> str:
+    plugin = trainer.precision_plugin
+    scaler = getattr(plugin, "scaler", None)
+    device = getattr(plugin, "device", None)
+    if type(plugin).__name__ == "MixedPrecisionPlugin":
+        dtype = "bfloat16" if str(plugin.precision) == "bf16" else "float16"
+        return f"pytorch_lightning 1.9 MixedPrecisionPlugin: torch.autocast({device}, {dtype}), " + (
+            "GradScaler" if scaler is not None else "no GradScaler"
+        )
+    return f"pytorch_lightning {type(plugin).__name__}({getattr(plugin, 'precision', '?')!r})"
+
+
+def flash_image_status() -> str:
+    """Whether Flash's image tasks (``ImageClassifier``: the domain task API) can be built here."""
+    from flash.core.utilities import imports
+
+    if imports._TOPIC_IMAGE_AVAILABLE:
+        return "available"
+    missing = [
+        name
+        for name in ("torchvision", "timm", "pil", "albumentations", "pystiche")
+        if not getattr(imports, f"_{name.upper()}_AVAILABLE", False)
+    ]
+    return "unavailable: ImageClassifier needs lightning-flash[image]; missing " + ", ".join(missing)
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
