@@ -30,11 +30,10 @@ from fastai.callback.core import (
     TrainEvalCallback,
 )
 from fastai.callback.fp16 import AMPMode, MixedPrecision
-from fastai.callback.progress import ProgressCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders
 from fastai.distributed import DistributedDL
-from fastai.learner import Learner, Recorder
+from fastai.learner import Learner
 from fastai.optimizer import SGD, Adam, OptimWrapper
 from fastai.torch_core import to_float
 
@@ -276,11 +275,12 @@ class FastaiAdapter(Adapter):
             f"DataLoaders.from_dsets: TfmdDL(shuffle=True, drop_last=True, num_workers={dls.train.fake_l.num_workers})"
         )
         job.notes["not_comparable"] = "fastai defaults mode uses fastai's shuffled loaders and fastai's optimizer"
-        learn = Learner(dls, job.model, loss_func=job.loss, opt_func=opt_func, lr=job.lr, path=job.workdir)
-        if job.task.metric_name != "perplexity":
-            learn.metrics = job.task.metric
-        if not (learn._grab_cbs(Recorder) and learn._grab_cbs(ProgressCallback)):
-            raise RuntimeError("fastai's default callbacks are missing")  # defaults must measure them
+        metrics = None if job.task.metric_name == "perplexity" else job.task.metric
+        learn = Learner(
+            dls, job.model, loss_func=job.loss, opt_func=opt_func, lr=job.lr, path=job.workdir, metrics=metrics
+        )
+        if not (hasattr(learn, "recorder") and hasattr(learn, "progress")):
+            raise RuntimeError("fastai's default Recorder/ProgressCallback are missing")  # defaults must measure them
         return learn
 
     def _add_precision(self, learn: Learner, job: Job) -> None:
