@@ -67,10 +67,23 @@ def suite_file(tmp_path: Path, steps: int = 30) -> Path:
 
 
 def bench(tmp_path: Path, results: Path, **kwargs) -> subprocess.Popen:
-    command = [sys.executable, "-m", "harness", "bench", "--suite-file", str(suite_file(tmp_path)),
-               "--device", "cpu", "--results-dir", str(results), "--no-weights"]
-    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "BAKEOFF_NO_TRACKING": "1"}, **kwargs)
+    command = [
+        sys.executable,
+        "-m",
+        "harness",
+        "bench",
+        "--suite-file",
+        str(suite_file(tmp_path)),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(results),
+        "--no-weights",
+        "--no-tracking",
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
 
 
 def reference_digests(tmp_path: Path) -> dict[str, str]:
