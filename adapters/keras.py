@@ -205,8 +205,10 @@ class KerasAdapter(Adapter):
         return super().check(task=task, mode=mode, precision=precision, world_size=world_size, device_type=device_type)
 
     def expected_parity(self, *, mode, precision, world_size, grad_accum):
-        # Measured (notes/issue-6-keras.md): aligned runs the native loop's operations in the
-        # same order inside Keras' fit, so every step loss and every weight is bitwise equal.
+        # Measured on CPU for fp32, bf16-mixed and accumulation (notes/issue-6-keras.md): aligned
+        # runs the native loop's operations in the same order inside Keras' fit, so every step
+        # loss and every weight is bitwise equal. fp16-mixed (CUDA) takes the same harness
+        # GradScaler path but has not been measured.
         if mode == "aligned" and world_size == 1:
             return "bitwise"
         return "not-comparable"
