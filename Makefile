@@ -43,7 +43,7 @@ report: $(STAMP)
 
 ui: $(STAMP)
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store $(MLFLOW_DB); Ctrl-C stops it)"
-	$(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 		--backend-store-uri $(MLFLOW_DB) --default-artifact-root $(CURDIR)/mlartifacts
 
 test: $(STAMP)

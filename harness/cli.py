@@ -285,7 +285,7 @@ def _write_report(uri: str, selection, out: Path | None = None) -> int:
     except SourceError as error:
         raise UsageError(str(error)) from None
     folder = write_report(report, out or DEFAULT_OUT)
-    print(f"report {report.report_id} over {report.counts_line} runs: {folder / 'report.html'}")
+    print(f"report {report.report_id}, runs {report.counts_line}: {folder / 'report.html'}")
     print(f"  also {folder / 'report.md'}, {folder / 'results.csv'}, {folder / 'report.json'}")
     return EXIT_OK
 
@@ -311,7 +311,12 @@ def command_bench_tracked(args: argparse.Namespace) -> int:
           f"(parent run {logged.parent_run_id}, store {uri})")
     from reports.source import Selection
 
-    _write_report(uri, Selection(run_id=logged.parent_run_id))
+    try:
+        _write_report(uri, Selection(run_id=logged.parent_run_id))
+    except Exception as error:  # the runs are safely in MLflow; only the report is missing
+        print(f"bakeoff: error: building the report failed ({type(error).__name__}: {error}); rebuild it with "
+              f"`bakeoff report --run-id {logged.parent_run_id}`", file=sys.stderr)
+        return EXIT_FAILED
     return code
 
 

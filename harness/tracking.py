@@ -47,6 +47,7 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+MAX_ENTITIES_PER_BATCH = 1000
 MAX_DATASET_DIGEST = 36
 
 STEP_METRICS = ("loss", "step_time_us")
@@ -129,8 +130,10 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def client(uri: str):
-    # bakeoff prints its own progress; MLflow's artifact progress bars would interleave with it.
+    # bakeoff prints its own progress; MLflow's artifact progress bars and its "View run at" lines
+    # (one extra get_run request per finished run on a server) would interleave with it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -400,14 +403,16 @@ def log_result(
             metrics.append(Metric("loss", float(loss), stamp, step))
         metrics.append(Metric("step_time_us", float(duration), stamp, step))
     metrics += [Metric(k, v, end_ms, 0) for k, v in summary_metrics(result).items()]
-    # Params and tags at most 100 per batch and 1000 entities per call; metrics fill the rest.
-    head = params[:MAX_PARAMS_TAGS_PER_BATCH]
-    mlflow_client.log_batch(run_id, params=head, tags=run_tags[:MAX_PARAMS_TAGS_PER_BATCH])
+    # MLflow takes at most 100 params and 100 tags and 1000 entities in all per call: the first
+    # call carries the params, the tags and as many metrics as fit; the rest go 1000 at a time.
+    head_params, head_tags = params[:MAX_PARAMS_TAGS_PER_BATCH], run_tags[:MAX_PARAMS_TAGS_PER_BATCH]
+    room = MAX_ENTITIES_PER_BATCH - len(head_params) - len(head_tags)
+    mlflow_client.log_batch(run_id, metrics=metrics[:room], params=head_params, tags=head_tags)
     for extra in _chunks(params[MAX_PARAMS_TAGS_PER_BATCH:], MAX_PARAMS_TAGS_PER_BATCH):
         mlflow_client.log_batch(run_id, params=extra)
     for extra in _chunks(run_tags[MAX_PARAMS_TAGS_PER_BATCH:], MAX_PARAMS_TAGS_PER_BATCH):
         mlflow_client.log_batch(run_id, tags=extra)
-    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+    for chunk in _chunks(metrics[room:], MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=chunk)
 
     task = result.get("task", {})

@@ -49,6 +49,14 @@ class Report:
         counts = tables.parity_counts(self.frame)
         return ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
 
+    @property
+    def citation(self) -> str:
+        """One line naming exactly these runs: the content-derived id, the code and where they live."""
+        shas = self.provenance.get("git_sha", [])
+        code = f"git {shas[0][:12]}" if len(shas) == 1 else f"{len(shas)} commits"
+        return (f"bakeoff report {self.report_id} ({self.title.removeprefix('bakeoff report: ')}, "
+                f"{len(self.frame)} runs, {code}, {self.origin.get('experiment')}), generated {self.generated_at}")
+
     def rows(self) -> list[dict[str, Any]]:
         return records(self.frame)
 
@@ -63,6 +71,7 @@ class Report:
             "parity_counts": tables.parity_counts(self.frame),
             "provenance": self.provenance,
             "reproduce": self.reproduce,
+            "citation": self.citation,
             "figures": sorted(self.figures),
             "rows": self.rows(),
         }
@@ -105,6 +114,8 @@ def reproduce_commands(frame: pd.DataFrame, provenance: dict[str, list[str]], su
         lines.append(f"git checkout {shas[0]}")
     elif shas:
         lines.append(f"# runs came from {len(shas)} commits: {', '.join(shas)}")
+    if "true" in provenance.get("git_dirty", []):
+        lines.append("# some runs came from a tree with uncommitted changes: the commit alone may not reproduce them")
     lines.append("make install")
     devices = sorted({str(d) for d in frame["device"].dropna()})
     device = devices[0] if len(devices) == 1 else "auto"

@@ -19,6 +19,9 @@ DISPLAY = [
     ("mode", "mode"),
     ("precision", "precision"),
     ("world_size", "ws"),
+    ("grad_accum", "acc"),
+    ("seed", "seed"),
+    ("repeat", "rep"),
     ("status", "status"),
     ("parity", "parity"),
     ("median_step_us", "median µs/step"),
@@ -118,6 +121,7 @@ def _provenance_md(report) -> list[str]:
     for name, values in report.provenance.items():
         lines.append(f"- {name.replace('_', ' ')}: {', '.join(values) if values else '–'}")
     lines += ["", "Reproduce:", "", "```sh", *report.reproduce, "```", ""]
+    lines += ["Cite as:", "", "```text", report.citation, "```", ""]
     lines += [f"Generated {report.generated_at} by bakeoff; the report id is derived from the report's content "
               "(its table and run ids), so the same runs always give the same id.", ""]
     return lines
@@ -131,7 +135,8 @@ tr.failed td{background:#fdecea}tr.unsupported td{color:#777}code,pre{background
 pre{padding:.6rem;overflow-x:auto}img{max-width:100%;border:1px solid #eee;margin:.5rem 0}
 """
 NUMERIC_DISPLAY = {
-    "median_step_us", "throughput_samples_per_s", "peak_memory_mib", "final_loss", "eval_metric", "world_size"
+    "median_step_us", "throughput_samples_per_s", "peak_memory_mib", "final_loss", "eval_metric", "world_size",
+    "grad_accum", "seed", "repeat",
 }
 
 
@@ -174,7 +179,8 @@ def html_page(report) -> str:
     parts.append("<h2>Provenance and reproduction</h2><ul>")
     for name, values in report.provenance.items():
         parts.append(f"<li>{e(name.replace('_', ' '))}: {e(', '.join(values) if values else '–')}</li>")
-    parts.append(f"</ul><pre>{e(chr(10).join(report.reproduce))}</pre>")
+    parts.append(f"</ul><p>Reproduce:</p><pre>{e(chr(10).join(report.reproduce))}</pre>")
+    parts.append(f"<p>Cite as:</p><pre>{e(report.citation)}</pre>")
     parts.append(f"<p>Generated {e(report.generated_at)} by bakeoff.</p></body></html>")
     return "\n".join(parts) + "\n"
 

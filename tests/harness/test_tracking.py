@@ -8,6 +8,7 @@ DDP cell as a failed result and every other adapter as unsupported, so every sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -93,7 +94,11 @@ def mlflow_server(tmp_path_factory):
         "--default-artifact-root", str(root / "artifacts"),
     ]
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    # No GenAI job runner: it would start seven more processes on a two-core machine.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, env=env
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -109,12 +114,13 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server's own group: its uvicorn child goes too
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        # The server's own process group (its id is the server's PID): uvicorn's worker goes too.
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever ignored SIGTERM
+        process.wait()
         log.close()
 
 
@@ -290,8 +296,8 @@ def test_per_step_metrics_go_in_with_log_batch_within_mlflow_limits(suite_result
     real_batch = MlflowClient.log_batch
 
     def spy_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
-        calls.append(("log_batch", len(metrics) + len(params) + len(tags)))
-        assert len(metrics) <= 1000 and len(params) <= 100 and len(tags) <= 100
+        calls.append(("log_batch", len(metrics)))
+        assert len(metrics) + len(params) + len(tags) <= 1000 and len(params) <= 100 and len(tags) <= 100
         return real_batch(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", spy_batch)
@@ -304,8 +310,9 @@ def test_per_step_metrics_go_in_with_log_batch_within_mlflow_limits(suite_result
     seconds = time.perf_counter() - started
     print(f"logging one run with {2 * steps} metric points to SQLite took {seconds:.2f} s")
     assert ("log_metric", 1) not in calls
-    # 2 x 2500 step points + summaries: 6 metric batches, plus one for params and tags.
-    assert len(calls) == 1 + -(-(2 * steps + len(tracking.summary_metrics(result))) // 1000)
+    points = 2 * steps + len(tracking.summary_metrics(result))
+    assert sum(n for _, n in calls) == points
+    assert len(calls) <= 1 + -(-points // 1000)  # 5000+ points: 6 calls at most, not one per point
     assert len(client.get_metric_history(run_id, "loss")) == steps
 
 
