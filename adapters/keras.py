@@ -117,8 +117,6 @@ class TaskModel(keras.Model):
         self.task_module = keras.layers.TorchModuleWrapper(module)
         self.job = job
         self.last_loss: torch.Tensor | None = None
-        self.stepped = False
-        """Whether the last train_step ended with an optimizer update."""
         self._micro_batches = 0
         if job is not None:
             self.torch_optimizer = job.make_optimizer(module.parameters())
@@ -134,7 +132,6 @@ class TaskModel(keras.Model):
 
     def train_step(self, data):
         if self.job is None:
-            self.stepped = True
             return super().train_step(data)
         job = self.job
         inputs, targets = (tensor.to(job.device, non_blocking=True) for tensor in data)
@@ -143,8 +140,7 @@ class TaskModel(keras.Model):
         job.precision.backward(loss / job.grad_accum)
         self.last_loss = loss.detach()
         self._micro_batches += 1
-        self.stepped = self._micro_batches % job.grad_accum == 0
-        if self.stepped:
+        if self._micro_batches % job.grad_accum == 0:
             job.precision.optimizer_step(self.torch_optimizer)
             self.torch_optimizer.zero_grad(set_to_none=True)
         # No logs: Keras would turn each logged tensor into a Python float after every batch
