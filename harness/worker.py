@@ -134,6 +134,11 @@ def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save
         import_start = time.perf_counter()
         adapter = get_adapter(spec.adapter)
         result["timing"]["adapter_import_s"] = time.perf_counter() - import_start
+        reason = adapter.check(
+            task=task, mode=spec.mode, precision=spec.precision, world_size=spec.world_size, device_type=spec.device
+        )
+        if reason:  # the orchestrator checks too; a worker launched directly must not half-run
+            raise Unsupported(reason)
         result["adapter"] = {
             "name": adapter.name,
             "style": adapter.style,
