@@ -29,6 +29,7 @@ classification task, ``num_classes`` by hand (see adapters/inference.py).
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from typing import Any
 
@@ -128,7 +129,13 @@ class FlashAdapter(Adapter):
     def fit(self, job: Job):
         if job.dist.enabled:
             raise Unsupported("flash adapter runs single-process only")
-        import flash
+        try:
+            import flash
+        except ImportError as error:  # e.g. run in-process (run_inline) in the main environment
+            raise Unsupported(
+                f"lightning-flash is not importable in {sys.executable} ({error}); flash runs in its own "
+                "environment (envs/flash.txt): launch it through harness.runner, which builds and uses it"
+            ) from None
         from torch.utils.data import DataLoader
 
         job.notes["flash_version"] = flash.__version__

@@ -218,14 +218,16 @@ def flash_pair(tmp_path, **fields):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("task", "precision", "lr", "batch_size"),
-    [("digits", "fp32", 0.05, 16), ("scaling", "bf16-mixed", 0.05, 32)],
+    ("task", "precision", "lr", "batch_size", "grad_accum"),
+    [("digits", "fp32", 0.05, 16, 1), ("scaling", "bf16-mixed", 0.05, 32, 1), ("digits", "fp32", 0.05, 16, 2)],
 )
-def test_flash_aligned_matches_native_bitwise(flash_environment, tmp_path, task, precision, lr, batch_size):
-    native, flash = flash_pair(tmp_path, task=task, precision=precision, steps=8, lr=lr, batch_size=batch_size)
+def test_flash_aligned_matches_native_bitwise(flash_environment, tmp_path, task, precision, lr, batch_size, grad_accum):
+    fields = {"task": task, "precision": precision, "steps": 8, "lr": lr, "batch_size": batch_size}
+    native, flash = flash_pair(tmp_path, **fields, grad_accum=grad_accum)
     verdict = compare_files(native, flash, tmp_path)
     assert verdict.verdict == "bitwise", verdict.describe()
-    assert FlashAdapter().expected_parity(mode="aligned", precision=precision, world_size=1, grad_accum=1) == "bitwise"
+    declared = FlashAdapter().expected_parity(mode="aligned", precision=precision, world_size=1, grad_accum=grad_accum)
+    assert declared == "bitwise"
     assert flash["notes"]["pytorch_lightning"].startswith("1.9.")
     assert flash["notes"]["sampler"].startswith("harness ShardedBatchSampler")
     assert flash["notes"]["pretrained"].startswith("none requested")
