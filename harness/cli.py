@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="task option, repeatable (e.g. -o width=256)")
     run.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
     _add_run_options(run, default_dir=DEFAULT_RESULTS / "runs")
+    run.add_argument("--nnodes", type=int, default=1, help="machines the DDP job spans (run this on each)")
+    run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous for --nnodes > 1")
     run.add_argument("--json", action="store_true", help="print the whole result JSON instead of a summary")
 
     bench = commands.add_parser("bench", help="run a suite of specs (resumes: finished specs are skipped)")
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
     bench.add_argument("--dry-run", action="store_true", help="list the specs without running them")
     bench.add_argument("--retry-failed", action="store_true", help="rerun specs whose existing result failed")
+    bench.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by spec id; e.g. 1/2 and 2/2)")
     _add_run_options(bench, default_dir=None)
     _add_tracking_option(bench)
     bench.add_argument("--no-tracking", action="store_true",
@@ -104,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--run-id", help="a bench/ingest invocation's parent run (or one result run)")
     report.add_argument("--out", type=Path, default=None, help="output root (default: reports/out)")
     _add_tracking_option(report)
+
+    compare = commands.add_parser(
+        "compare", help="compare two result folders: per-cell overhead ratio to native, exit 1 on regression"
+    )
+    compare.add_argument("baseline", type=Path, help="folder of baseline result files")
+    compare.add_argument("candidate", type=Path, help="folder of candidate result files")
+    compare.add_argument("--threshold", type=_positive_float, default=0.10,
+                         help="allowed growth of a cell's ratio to native (default 0.10 = 10%%)")
+    compare.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
 
     commands.add_parser("list", help="list tasks, adapters and suites")
     commands.add_parser("env", help="print the environment a result would record")
@@ -163,7 +175,14 @@ def _run_options(args: argparse.Namespace, results_dir: Path, warmup: int):
 
     if args.warmup is not None and args.warmup < 0:
         raise SpecError(f"--warmup must be >= 0, got {args.warmup}")
+    nnodes = getattr(args, "nnodes", 1)
+    if nnodes < 1:
+        raise SpecError(f"--nnodes must be >= 1, got {nnodes}")
+    if nnodes > 1 and not args.rdzv_endpoint:
+        raise SpecError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
     return RunOptions(
+        nnodes=nnodes,
+        rdzv_endpoint=getattr(args, "rdzv_endpoint", None),
         results_dir=results_dir,
         timeout_s=args.timeout,
         warmup=warmup if args.warmup is None else args.warmup,
@@ -204,6 +223,8 @@ def command_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     check_spec(spec)
     options = _run_options(args, args.results_dir, warmup=5)
+    if options.nnodes > 1 and spec.world_size % options.nnodes:
+        raise SpecError(f"--world-size {spec.world_size} does not split over --nnodes {options.nnodes}")
     reason = unsupported_reason(spec)
     result = unsupported_result(spec, reason, options.results_dir) if reason else run_spec(spec, options)
     if args.json:
@@ -224,6 +245,13 @@ def command_bench(args: argparse.Namespace) -> int:
     suite = load_suite_file(args.suite_file, device) if args.suite_file else get_suite(args.suite, device)
     for spec in suite.specs:
         check_spec(spec)
+    if args.shard:
+        from dataclasses import replace as _replace
+
+        from harness.suites import parse_shard, shard
+
+        index, count = parse_shard(args.shard)
+        suite = _replace(suite, specs=shard(suite.specs, index, count))
     results_dir = args.results_dir or DEFAULT_RESULTS / suite.name
     options = _run_options(args, results_dir, warmup=suite.warmup)
     if args.dry_run:
@@ -353,6 +381,21 @@ def command_report(args: argparse.Namespace) -> int:
     return _write_report(uri, Selection(suite=suite, experiment=args.experiment, run_id=args.run_id), args.out)
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare_sets, format_table, load_results, write_json
+    from harness.result import ResultError
+
+    try:
+        baseline, candidate = load_results(args.baseline), load_results(args.candidate)
+    except ResultError as error:
+        raise UsageError(str(error)) from None
+    comparison = compare_sets(baseline, candidate, threshold=args.threshold)
+    print(format_table(comparison))
+    if args.json:
+        write_json(comparison, args.json)
+    return EXIT_FAILED if comparison["regressions"] else EXIT_OK
+
+
 def command_list(args: argparse.Namespace) -> int:
     from harness.registry import adapter_availability, get_adapter, get_task, task_names
     from harness.suites import BUILTIN
@@ -388,6 +431,7 @@ COMMANDS = {
     "run": command_run,
     "bench": command_bench_tracked,
     "ingest": command_ingest,
+    "compare": command_compare,
     "report": command_report,
     "list": command_list,
     "env": command_env,
@@ -395,6 +439,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # A library imported for `list`/`bench` checks (fastai) scripts with torch.jit, which torch
+    # 2.14 deprecates loudly; it says nothing about the user's command.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

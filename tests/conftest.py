@@ -37,6 +37,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def private_tracking_store(tmp_path, monkeypatch):
+    """No test writes to the repository's MLflow store or report folder."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("BAKEOFF_REPORTS_OUT", str(tmp_path / "reports-out"))
+
+
 def small_spec(**fields) -> Spec:
     """A few-step spec on a small task: fast enough for property tests."""
     values = {"task": "scaling", "adapter": "native", "batch_size": 16, "steps": 4, "lr": 0.05}
