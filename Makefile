@@ -11,7 +11,7 @@ UI_PORT ?= 5000
 # The same store bakeoff uses when MLFLOW_TRACKING_URI is unset (harness/tracking.py).
 MLFLOW_DB := sqlite:///$(CURDIR)/mlflow.db
 
-.PHONY: install bench report ui test test-deep lint lock clean help
+.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead golden lint lock clean help
 
 help:
 	@echo "make install   create $(VENV) and install bakeoff with every adapter library (idempotent)"
@@ -19,6 +19,9 @@ help:
 	@echo "make report    rebuild the $(SUITE) suite's report from MLflow"
 	@echo "make ui        MLflow UI on http://127.0.0.1:$(UI_PORT) over bakeoff's store (UI_PORT=n to change)"
 	@echo "make test      run the test suite (CI runs this)"
+	@echo "make bench-check  per-step micro-benchmarks of every adapter vs the committed baseline (exit 1 on regression)"
+	@echo "make overhead  the harness's own instrumentation cost: native+probe vs a bare loop"
+	@echo "make golden    regenerate the golden native trajectories (only when a change is meant to alter them)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
 	@echo "make lint      ruff check"
 	@echo "make lock      rewrite constraints/bench.txt from the current environment"
@@ -46,11 +49,36 @@ ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 		--backend-store-uri $(MLFLOW_DB) --default-artifact-root $(CURDIR)/mlartifacts
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-test-deep: $(STAMP)
+# The report test renders the HTML in Debian's headless Chromium.
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report rendering test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test-deep: $(STAMP) test-deps
 	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -q -n 2 --run-slow $(PYTEST_ARGS)
+
+# Benchmarks compare each adapter's per-step ratio to native measured in the same session, so a
+# busier or slower machine of the same class does not read as a regression.
+BENCH_BASELINE := benchmarks/baseline/cpu-2core.json
+BENCH_THRESHOLD ?= 0.25
+bench-check: $(STAMP)
+	mkdir -p results/bench-check
+	$(BIN)/python -m pytest -q -p no:xdist benchmarks --benchmark-only \
+		--benchmark-json=results/bench-check/latest.json --benchmark-columns=median,iqr,rounds
+	$(BIN)/python -m harness.benchgate $(BENCH_BASELINE) results/bench-check/latest.json \
+		--threshold $(BENCH_THRESHOLD) --json results/bench-check/comparison.json
+
+bench-baseline: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:xdist benchmarks --benchmark-only --benchmark-json=$(BENCH_BASELINE)
+
+overhead: $(STAMP)
+	$(BIN)/python -m harness.overhead --task scaling --width 64 --steps 300 --rounds 12
+
+golden: $(STAMP)
+	$(BIN)/python -m tests.golden.regenerate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
