@@ -322,7 +322,10 @@ def declared_environment(adapter_name: str) -> str | None:
     """The environment an adapter declares (its ``environment`` class attribute), if any."""
     from harness.registry import _load_adapter_class
 
-    loaded = _load_adapter_class(adapter_name)
+    try:
+        loaded = _load_adapter_class(adapter_name)
+    except Exception:  # a broken adapter module fails in its worker, with its own error, as before
+        return None
     if isinstance(loaded, str):
         return None
     return getattr(loaded, "environment", None)

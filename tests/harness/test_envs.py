@@ -144,6 +144,7 @@ def test_flash_adapter_declares_its_environment_and_imports_without_flash():
     assert isinstance(adapter, FlashAdapter) and adapter.style == "high-level"
     assert envs.declared_environment("flash") == "flash"
     assert envs.declared_environment("native") is None
+    assert envs.declared_environment("no-such-adapter") is None  # the worker reports that, as before
     spec = envs.load_spec("flash")
     assert "lightning-flash==0.8.2" in spec.requirements and "numpy<2" in spec.requirements
     assert spec.share_main
