@@ -11,7 +11,7 @@ UI_PORT ?= 5000
 # The same store bakeoff uses when MLFLOW_TRACKING_URI is unset (harness/tracking.py).
 MLFLOW_DB := sqlite:///$(CURDIR)/mlflow.db
 
-.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead golden lint lock clean help
+.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead envs golden lint lock clean help
 
 help:
 	@echo "make install   create $(VENV) and install bakeoff with every adapter library (idempotent)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test      run the test suite (CI runs this)"
 	@echo "make bench-check  per-step micro-benchmarks of every adapter vs the committed baseline (exit 1 on regression)"
 	@echo "make overhead  the harness's own instrumentation cost: native+probe vs a bare loop"
+	@echo "make envs      build the isolated environments adapters declare (Flash: ~1-2 min, ~180 MB)"
 	@echo "make golden    regenerate the golden native trajectories (only when a change is meant to alter them)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
 	@echo "make lint      ruff check"
@@ -76,6 +77,10 @@ bench-baseline: $(STAMP)
 
 overhead: $(STAMP)
 	$(BIN)/python -m harness.overhead --task scaling --width 64 --steps 300 --rounds 12
+
+# Isolated adapter environments (issue 11) build on first use; this builds Flash's ahead of time.
+envs: $(STAMP)
+	$(BIN)/python -m harness.envs build flash
 
 golden: $(STAMP)
 	$(BIN)/python -m tests.golden.regenerate

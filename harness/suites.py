@@ -51,9 +51,19 @@ def adapter_modes(adapters: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _ordered_adapters() -> list[str]:
-    names = adapter_names()
-    return ["native", *[n for n in names if n != "native"]]
+def isolated(name: str) -> bool:
+    """Whether the adapter runs in its own environment (built on first use: minutes)."""
+    from harness.registry import RegistryError, get_adapter
+
+    try:
+        return get_adapter(name).environment is not None
+    except RegistryError:
+        return False
+
+
+def _ordered_adapters(*, include_isolated: bool = True) -> list[str]:
+    names = [n for n in adapter_names() if n != "native" and (include_isolated or not isolated(n))]
+    return ["native", *names]
 
 
 def _interleave(cells: list[list[Spec]], repeats: int) -> list[Spec]:
@@ -65,8 +75,9 @@ def _interleave(cells: list[list[Spec]], repeats: int) -> list[Spec]:
 
 
 def quick(device: str) -> Suite:
-    """Every adapter on every small task at CPU-minutes scale; a few bf16 and DDP cells."""
-    adapters = _ordered_adapters()
+    """Every main-environment adapter on every small task in CPU minutes; a few bf16 and DDP cells."""
+    # Adapters in isolated environments (flash) are left to `standard`: building one takes minutes.
+    adapters = _ordered_adapters(include_isolated=False)
     pairs = adapter_modes(adapters)
     aligned = [(a, m) for a, m in pairs if m == "aligned"]
     cells: list[list[Spec]] = []
