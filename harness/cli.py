@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--suite", help="newest run per spec of this suite's experiment (default: quick)")
     which.add_argument("--experiment", help="newest run per spec of this MLflow experiment")
     which.add_argument("--run-id", help="a bench/ingest invocation's parent run (or one result run)")
-    report.add_argument("--out", type=Path, default=None, help="output root (default: reports/out)")
+    report.add_argument("--out", type=Path, default=None,
+                        help="output root (default: $BAKEOFF_REPORTS_OUT, else reports/out)")
+    report.add_argument("--verify", type=Path, metavar="REPORT_DIR",
+                        help="recompute a written report's tables and id from its raw.json: exit 0 if they match, "
+                             "1 (listing what differs) if not; reads no tracking store")
     _add_tracking_option(report)
 
     compare = commands.add_parser(
@@ -305,16 +309,17 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _write_report(uri: str, selection, out: Path | None = None) -> int:
-    from reports.build import DEFAULT_OUT, build_report, write_report
+    from reports.build import build_report, write_report
     from reports.source import SourceError
 
     try:
         report = build_report(uri, selection)
     except SourceError as error:
         raise UsageError(str(error)) from None
-    folder = write_report(report, out or DEFAULT_OUT)
+    folder = write_report(report, out)
     print(f"report {report.report_id}, runs {report.counts_line}: {folder / 'report.html'}")
-    print(f"  also {folder / 'report.md'}, {folder / 'results.csv'}, {folder / 'report.json'}")
+    print(f"  also {folder / 'report.md'}, {folder / 'results.csv'}, {folder / 'report.json'}, "
+          f"raw data {folder / 'raw.json'}, {folder / 'steps.csv'}")
     return EXIT_OK
 
 
@@ -376,9 +381,27 @@ def command_ingest(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from reports.source import Selection
 
+    if args.verify is not None:
+        return _verify_report(args.verify)
     uri = _tracking_uri(args)
     suite = None if (args.experiment or args.run_id) else (args.suite or "quick")
     return _write_report(uri, Selection(suite=suite, experiment=args.experiment, run_id=args.run_id), args.out)
+
+
+def _verify_report(folder: Path) -> int:
+    """``report --verify``: recompute the tables and the id from the folder's raw data."""
+    from reports.build import verify_report
+
+    if not folder.is_dir():
+        raise UsageError(f"no such report folder: {folder}")
+    report_id, problems = verify_report(folder)
+    if problems:
+        print(f"report {report_id} in {folder} does NOT match its raw data:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_FAILED
+    print(f"report {report_id} in {folder} verified: every table and the id recomputed from raw.json match")
+    return EXIT_OK
 
 
 def command_compare(args: argparse.Namespace) -> int:

@@ -1,14 +1,20 @@
-"""Build a report from MLflow runs and write it to ``reports/out/<report-id>/``.
+"""Build a report from MLflow runs, write it to ``<out>/<report-id>/`` and verify a written one.
 
-The report id is derived from the report's content (its table, run ids included), so the same
-runs always give the same id and folder, and a changed figure gives a new one.
+The report id is derived from the report's content: the raw run data (run ids, params, tags,
+metrics, per-step histories, environments), the task declarations it was judged against and every
+derived table. The same runs always give the same id and folder; any changed figure gives a new one.
+The folder keeps that raw data (``raw.json``, ``steps.csv``), so ``bakeoff report --verify`` can
+recompute every table and the id offline.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,11 +25,21 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from harness.environment import REPO_ROOT
+from harness.stats import BOOTSTRAP_SAMPLES
 from harness.tracking import redact, secret_values
-from reports import plots, render, tables
+from reports import analysis, plots, render, tables
 from reports.source import RunRecord, Selection, load_runs
 
+RAW_SCHEMA = "bakeoff.report-raw/1"
+REPORT_SCHEMA = "bakeoff.report/2"
+
+
 DEFAULT_OUT = REPO_ROOT / "reports" / "out"
+
+
+def default_out() -> Path:
+    """Where reports go: ``$BAKEOFF_REPORTS_OUT`` (read at call time, so tests can redirect it), else DEFAULT_OUT."""
+    return Path(os.environ.get("BAKEOFF_REPORTS_OUT") or DEFAULT_OUT)
 
 
 @dataclass(kw_only=True)
@@ -32,6 +48,12 @@ class Report:
     title: str
     origin: dict[str, Any]
     frame: pd.DataFrame
+    records: list[RunRecord]
+    tasks: dict[str, Any]
+    """The task declarations the runs are judged against (target metric, drift, options), as built."""
+    settings: dict[str, Any]
+    tables: dict[str, analysis.Table]
+    fits: dict
     provenance: dict[str, list[str]]
     reproduce: list[str]
     generated_at: str
@@ -50,29 +72,95 @@ class Report:
         return ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
 
     @property
+    def measured_on(self) -> str:
+        """Date of the newest run (from the data, so it is part of the content, unlike generated_at)."""
+        newest = max((r.start_time for r in self.records), default=0)
+        return time.strftime("%Y-%m-%d", time.gmtime(newest / 1000)) if newest > 10**9 else "unknown"
+
+    @property
+    def suite_name(self) -> str:
+        return str(self.origin.get("suite") or self.origin.get("experiment") or "runs")
+
+    @property
     def citation(self) -> str:
         """One line naming exactly these runs: the content-derived id, the code and where they live."""
         shas = self.provenance.get("git_sha", [])
         code = f"git {shas[0][:12]}" if len(shas) == 1 else f"{len(shas)} commits"
-        return (f"bakeoff report {self.report_id} ({self.title.removeprefix('bakeoff report: ')}, "
-                f"{len(self.frame)} runs, {code}, {self.origin.get('experiment')}), generated {self.generated_at}")
+        return (f"bakeoff report {self.report_id} ({self.suite_name}, {len(self.frame)} runs, {code}, "
+                f"{self.origin.get('experiment')}, measured {self.measured_on})")
+
+    @property
+    def bibtex(self) -> str:
+        shas = self.provenance.get("git_sha", [])
+        year = self.measured_on[:4] if self.measured_on != "unknown" else self.generated_at[:4]
+        note = (f"Report id {self.report_id}; {len(self.frame)} runs ({self.counts_line}); "
+                f"code {', '.join(s[:12] for s in shas) or 'unknown'}; "
+                f"verify with bakeoff report --verify")
+        return "\n".join([
+            f"@misc{{bakeoff-{self.report_id},",
+            f"  title        = {{bakeoff report {self.report_id}: {self.suite_name} suite}},",
+            "  author       = {{bakeoff contributors}},",
+            f"  year         = {{{year}}},",
+            f"  howpublished = {{bakeoff report folder {self.report_id} (MLflow experiment "
+            f"{self.origin.get('experiment')})}},",
+            f"  note         = {{{note}}},",
+            "}",
+        ])
+
+    @property
+    def citation_cff(self) -> str:
+        shas = self.provenance.get("git_sha", [])
+        lines = [
+            "cff-version: 1.2.0",
+            'message: "If you use these measurements, cite this report by its id."',
+            "type: dataset",
+            f'title: "bakeoff report {self.report_id}: {self.suite_name} suite"',
+            f'version: "{self.report_id}"',
+            "authors:",
+            '  - name: "bakeoff contributors"',
+            "identifiers:",
+            "  - type: other",
+            f'    value: "bakeoff-report:{self.report_id}"',
+            '    description: "content-derived report id (SHA-256 of the raw data and tables)"',
+        ]
+        if self.measured_on != "unknown":
+            lines.append(f"date-released: {self.measured_on}")
+        if len(shas) == 1:
+            lines.append(f'commit: "{shas[0]}"')
+        lines.append('keywords: ["benchmark", "pytorch", "training loop overhead", "reproducibility"]')
+        return "\n".join(lines)
 
     def rows(self) -> list[dict[str, Any]]:
         return records(self.frame)
 
+    def raw_document(self) -> dict[str, Any]:
+        """Everything the tables are computed from: ``raw.json`` in the report folder."""
+        return {
+            "schema": RAW_SCHEMA,
+            "origin": self.origin,
+            "settings": self.settings,
+            "tasks": self.tasks,
+            "runs": [r.to_dict() for r in sorted(self.records, key=lambda r: r.run_id)],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": "bakeoff.report/1",
+            "schema": REPORT_SCHEMA,
             "report_id": self.report_id,
             "title": self.title,
             "generated_at": self.generated_at,
+            "measured_on": self.measured_on,
             "source": self.origin,
+            "settings": self.settings,
             "status_counts": tables.status_counts(self.frame),
             "parity_counts": tables.parity_counts(self.frame),
             "provenance": self.provenance,
             "reproduce": self.reproduce,
             "citation": self.citation,
+            "bibtex": self.bibtex,
+            "citation_cff": self.citation_cff,
             "figures": sorted(self.figures),
+            "tables": {name: table.to_dict() for name, table in self.tables.items()},
             "rows": self.rows(),
         }
 
@@ -93,10 +181,30 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def content_id(frame: pd.DataFrame) -> str:
-    """First 12 hex digits of SHA-256 over the table's canonical JSON."""
-    text = json.dumps(records(frame), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def content_id(
+    frame: pd.DataFrame,
+    run_records: list[RunRecord] | None = None,
+    derived: dict[str, analysis.Table] | None = None,
+    tasks: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> str:
+    """First 12 hex digits of SHA-256 over the canonical JSON of the raw runs, the declarations and every table.
+
+    Not in it: when the report was generated and how the runs were selected (the same runs chosen by
+    suite or by invocation run are the same content).
+    """
+    content = {
+        "results": records(frame),
+        "runs": [r.to_dict() for r in sorted(run_records or [], key=lambda r: r.run_id)],
+        "tables": {name: t.to_dict() for name, t in (derived or {}).items()},
+        "tasks": tasks or {},
+        "settings": settings or {},
+    }
+    return hashlib.sha256(_canonical(json.loads(_canonical(content))).encode()).hexdigest()[:12]
 
 
 def public_uri(uri: str) -> str:
@@ -127,48 +235,229 @@ def reproduce_commands(frame: pd.DataFrame, provenance: dict[str, list[str]], su
     return lines
 
 
-def _figures(frame: pd.DataFrame, selected: list[RunRecord]) -> dict[str, tuple[str, bytes]]:
+def task_declarations(names: list[str]) -> dict[str, Any]:
+    """What each task declares that the report judges runs by, snapshotted into the raw data."""
+    from harness.registry import get_task
+
+    declared = {}
+    for name in sorted(set(names)):
+        try:
+            task = get_task(name)
+        except Exception:  # a task this checkout does not know: judged without declarations
+            continue
+        declared[name] = {
+            "target_metric": task.target_metric,
+            "metric_name": task.metric_name,
+            "higher_is_better": task.higher_is_better,
+            "precision_drift": dict(task.precision_drift),
+            "options": dict(task.options),
+        }
+    return declared
+
+
+def full_provenance(run_records: list[RunRecord], frame: pd.DataFrame, origin: dict[str, Any]) -> dict[str, list[str]]:
+    found = tables.provenance(run_records)
+    extra: dict[str, set[str]] = {"python": set(), "platform": set(), "hardware": set(), "packages": set()}
+    for record in run_records:
+        environment = record.environment
+        if environment.get("python"):
+            extra["python"].add(str(environment["python"]))
+        if environment.get("platform"):
+            extra["platform"].add(str(environment["platform"]))
+        if environment.get("cpu_model"):
+            hardware = f"{environment['cpu_model']}, {environment.get('cpu_count')} logical CPUs"
+            if environment.get("gpu_count"):
+                hardware += f", {environment['gpu_count']} × {environment.get('device_name')}"
+                if environment.get("driver"):
+                    hardware += f" (driver {environment['driver']})"
+            extra["hardware"].add(hardware)
+        for package, version in (environment.get("packages") or {}).items():
+            if version:
+                extra["packages"].add(f"{package} {version}")
+    found.update({name: sorted(values) for name, values in extra.items()})
+    found["seeds"] = sorted({str(int(s)) for s in frame["seed"].dropna()}, key=int)
+    found["suite"] = [str(origin["suite"])] if origin.get("suite") else []
+    found["experiment"] = [str(origin.get("experiment"))] if origin.get("experiment") else []
+    found["spec_ids"] = [f"{frame['spec_id'].nunique()} specs (every id in results.csv)"]
+    found["mlflow_runs"] = [f"{frame['run_id'].nunique()} runs (every id in results.csv and raw.json)"]
+    return found
+
+
+def _slug(index: int, text: str) -> str:
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def _figures(report: Report) -> dict[str, tuple[str, bytes]]:
+    frame, selected = report.frame, report.records
     losses = tables.step_series(selected, "loss")
     step_times = tables.step_series(selected, "step_time_us")
     warmup = {r.run_id: int(r.metrics.get("warmup_steps", 0)) for r in selected}
     figures = {}
+    overhead_rows = report.tables["overhead"].rows
     task_keys = list(dict.fromkeys(tables.task_key(row) for _, row in frame.iterrows()))
     for index, task in enumerate(task_keys):
-        slug = f"{index:02d}-" + re.sub(r"[^A-Za-z0-9]+", "-", task).strip("-")
+        slug = _slug(index, task)
         png = plots.loss_curves(frame, losses, task)
         if png:
             figures[f"loss-{slug}.png"] = (f"{task}: training loss per step", png)
         png = plots.step_time_distributions(frame, step_times, task, warmup)
         if png:
             figures[f"steptime-{slug}.png"] = (f"{task}: step-time distribution after warm-up", png)
+        png = plots.overhead_bars(overhead_rows, task)
+        if png:
+            figures[f"overhead-{slug}.png"] = (f"{task}: step time ÷ native with 95% CI", png)
+    png = plots.scaling_fit(report.fits)
+    if png:
+        figures["scaling-fit.png"] = ("scaling: fixed per-step overhead + compute, fitted per adapter", png)
     return figures
 
 
-def build_report(uri: str, selection: Selection) -> Report:
-    selected, origin = load_runs(uri, selection)
-    frame = tables.runs_table(selected)
-    provenance = tables.provenance(selected)
+def assemble(
+    run_records: list[RunRecord],
+    origin: dict[str, Any],
+    *,
+    tasks: dict[str, Any] | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+    generated_at: str | None = None,
+    with_figures: bool = True,
+) -> Report:
+    """The whole report from run records: a pure function of its inputs (bootstraps are seeded)."""
+    frame = tables.runs_table(run_records)
+    tasks = task_declarations([str(t) for t in frame["task"].dropna()]) if tasks is None else tasks
+    settings = {"bootstrap_samples": samples, "confidence": 0.95, "bootstrap_seed": 0}
+    derived, fits, _ = analysis.analyse(frame, run_records, tasks, samples=samples)
+    provenance = full_provenance(run_records, frame, origin)
     suite = origin.get("suite")
-    origin = {**origin, "tracking_uri": public_uri(uri)}
-    source = f"MLflow {origin['tracking_uri']}, experiment {origin.get('experiment')}"
+    source = f"MLflow {origin.get('tracking_uri')}, experiment {origin.get('experiment')}"
     if origin.get("parent_run_id"):
         source += f", invocation run {origin['parent_run_id']}"
     else:
         source += " (newest run per spec)"
-    return Report(
-        report_id=content_id(frame),
+    report_id = content_id(frame, run_records, derived, tasks, settings)
+    report = Report(
+        report_id=report_id,
         title=f"bakeoff report: {suite or origin.get('experiment')}",
         origin=origin,
         frame=frame,
+        records=list(run_records),
+        tasks=tasks,
+        settings=settings,
+        tables=derived,
+        fits=fits,
         provenance=provenance,
-        reproduce=reproduce_commands(frame, provenance, suite),
-        generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        reproduce=[*reproduce_commands(frame, provenance, suite),
+                   f".venv/bin/bakeoff report --verify reports/out/{report_id}   # re-check this report offline"],
+        generated_at=generated_at or time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         source_line=source,
-        figures=_figures(frame, selected),
     )
+    if with_figures:
+        report.figures = _figures(report)
+    return report
 
 
-def write_report(report: Report, out_root: Path = DEFAULT_OUT) -> Path:
-    folder = Path(out_root) / report.report_id
+def build_report(uri: str, selection: Selection, *, samples: int = BOOTSTRAP_SAMPLES) -> Report:
+    selected, origin = load_runs(uri, selection)
+    origin = {**origin, "tracking_uri": public_uri(uri)}
+    return assemble(selected, origin, samples=samples)
+
+
+def steps_csv(report: Report) -> str:
+    """Raw per-step data of every run: run id, spec id, step, loss, step time (µs)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run_id", "spec_id", "step", "loss", "step_time_us"])
+    for record in sorted(report.records, key=lambda r: r.run_id):
+        losses = dict(record.histories.get("loss", []))
+        times = dict(record.histories.get("step_time_us", []))
+        for step in sorted(set(losses) | set(times)):
+            writer.writerow([record.run_id, record.tag("spec_id"), step,
+                             repr(losses[step]) if step in losses else "",
+                             repr(times[step]) if step in times else ""])
+    return buffer.getvalue()
+
+
+def write_report(report: Report, out_root: Path | None = None) -> Path:
+    folder = Path(out_root if out_root is not None else default_out()) / report.report_id
     render.write_all(report, folder)
+    (folder / "raw.json").write_text(json.dumps(report.raw_document(), indent=1, sort_keys=True, allow_nan=False)
+                                     + "\n", encoding="utf-8")
+    (folder / "steps.csv").write_text(steps_csv(report), encoding="utf-8")
     return folder
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _first_difference(saved: Any, rebuilt: Any, where: str) -> str | None:
+    if isinstance(saved, dict) and isinstance(rebuilt, dict):
+        for key in sorted(set(saved) | set(rebuilt)):
+            if key not in saved or key not in rebuilt:
+                return f"{where}.{key}: only in the {'rebuilt' if key not in saved else 'saved'} report"
+            found = _first_difference(saved[key], rebuilt[key], f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(saved, list) and isinstance(rebuilt, list):
+        if len(saved) != len(rebuilt):
+            return f"{where}: {len(saved)} entries saved, {len(rebuilt)} recomputed"
+        for index, (a, b) in enumerate(zip(saved, rebuilt)):
+            found = _first_difference(a, b, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    return None if saved == rebuilt else f"{where}: saved {saved!r}, recomputed {rebuilt!r}"
+
+
+def verify_report(folder: Path) -> tuple[str | None, list[str]]:
+    """Recompute a written report from its ``raw.json``: (report id, problems); no problems means it matches."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / "raw.json").read_text(encoding="utf-8"))
+        saved = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        return None, [f"cannot read the report's raw data: {error}"]
+    if raw.get("schema") != RAW_SCHEMA:
+        return saved.get("report_id"), [f"raw.json schema {raw.get('schema')!r} is not {RAW_SCHEMA!r}"]
+    try:
+        run_records = [RunRecord.from_dict(r) for r in raw["runs"]]
+        rebuilt = assemble(run_records, raw["origin"], tasks=raw["tasks"],
+                           samples=int(raw["settings"]["bootstrap_samples"]),
+                           generated_at=saved.get("generated_at"), with_figures=False)
+    except (KeyError, TypeError, ValueError) as error:
+        return saved.get("report_id"), [f"raw.json cannot be rebuilt into a report ({type(error).__name__}: {error})"]
+    problems = []
+    if rebuilt.report_id != saved.get("report_id"):
+        problems.append(f"report id: saved {saved.get('report_id')}, recomputed from raw.json {rebuilt.report_id} "
+                        "(the raw data or the code computing the tables changed)")
+    document = json.loads(render.json_text(rebuilt))
+    for key in ("tables", "rows", "status_counts", "parity_counts", "provenance", "citation", "bibtex"):
+        difference = _first_difference(saved.get(key), document.get(key), key)
+        if difference:
+            problems.append(difference)
+    rebuilt.figures = {name: (caption, b"") for name, caption in _saved_captions(folder, saved)}
+    for name, text in (("results.csv", render.csv_text(rebuilt)), ("steps.csv", steps_csv(rebuilt)),
+                       ("report.md", render.markdown(rebuilt))):
+        path = folder / name
+        if not path.exists():
+            problems.append(f"{name} is missing")
+        elif path.read_text(encoding="utf-8") != text:
+            problems.append(f"{name} differs from the one recomputed from raw.json{_line_hint(path.read_text(), text)}")
+    for name in saved.get("figures", []):
+        if not (folder / name).is_file():
+            problems.append(f"figure {name} is missing")
+    return saved.get("report_id"), problems
+
+
+def _saved_captions(folder: Path, saved: dict[str, Any]) -> list[tuple[str, str]]:
+    """Figure names and captions as the saved Markdown lists them (plots are not recomputed)."""
+    markdown = (folder / "report.md").read_text(encoding="utf-8") if (folder / "report.md").exists() else ""
+    names = set(saved.get("figures", []))
+    listed = re.findall(r"^!\[(.*)\]\(([^)\s]+)\)$", markdown, re.M)
+    return [(name, caption) for caption, name in listed if name in names]
+
+
+def _line_hint(saved: str, rebuilt: str) -> str:
+    for number, (a, b) in enumerate(zip(saved.splitlines(), rebuilt.splitlines()), start=1):
+        if a != b:
+            return f" (first at line {number}: {a[:120]!r})"
+    return " (different length)"

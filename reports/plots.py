@@ -62,3 +62,49 @@ def step_time_distributions(
     axes.set_title(f"{task}: step time after warm-up")
     axes.grid(alpha=0.3, axis="y")
     return _png(figure)
+
+
+def overhead_bars(rows: list[dict], task: str) -> bytes | None:
+    """Step time ÷ native per cell of one task, with the 95% CI as error bars (1 = native)."""
+    rows = [r for r in rows if r.get("task_key") == task and r.get("ratio") is not None]
+    if not rows:
+        return None
+    labels = [r["label"] for r in rows]
+    values = [r["ratio"] for r in rows]
+    low = [max(0.0, r["ratio"] - r["ratio_low"]) for r in rows]
+    high = [max(0.0, r["ratio_high"] - r["ratio"]) for r in rows]
+    colors = ["#888888" if r["adapter"] == "native" else "#3b75af" for r in rows]
+    figure, axes = plt.subplots(figsize=(7.5, max(2.2, 0.32 * len(rows) + 1.2)))
+    positions = list(range(len(rows)))[::-1]
+    axes.barh(positions, values, xerr=[low, high], color=colors, capsize=3, error_kw={"linewidth": 1})
+    axes.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+    axes.set_yticks(positions, labels, fontsize=7)
+    axes.set_xlabel("median step time ÷ native aligned (1 = native; bars: 95% CI over repeats and steps)")
+    axes.set_title(f"{task}: per-step overhead against the native loop")
+    axes.grid(alpha=0.3, axis="x")
+    return _png(figure)
+
+
+def scaling_fit(fits: dict) -> bytes | None:
+    """Per-run median step time against GFLOPs per step, with each adapter's fitted line."""
+    if not fits:
+        return None
+    figure, axes = plt.subplots(figsize=(7.5, 4.6))
+    for index, ((adapter, mode, precision, _device), entry) in enumerate(fits.items()):
+        color = f"C{index % 10}"
+        xs = [p[0] / 1e9 for p in entry["points"]]
+        ys = [p[1] for p in entry["points"]]
+        label = f"{adapter} {mode} {precision}"
+        fit = entry["fit"]
+        if fit.get("fixed") is not None:
+            label += f": {fit['fixed']:.0f} µs + {fit['slope']:.0f} µs/GFLOP"
+            span = [0.0, max(xs)]
+            axes.plot(span, [fit["fixed"] + fit["slope"] * x for x in span], "-", color=color, linewidth=1)
+        axes.plot(xs, ys, "o", color=color, markersize=3.5, label=label)
+    axes.set_xlabel("GFLOPs per optimizer step (forward + backward)")
+    axes.set_ylabel("median step time per run (µs)")
+    axes.set_title("scaling: step time = fixed per-step overhead + slope · compute")
+    axes.set_xlim(left=0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    return _png(figure)

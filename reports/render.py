@@ -76,19 +76,65 @@ def _problems(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     return [(r["spec_id"], r["status"], str(r["error"])) for _, r in bad.iterrows()]
 
 
-def _parity_notes(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    known = frame[frame["parity_detail"].notna()]
-    return [(f"{r['task']} {r['adapter']} {r['mode']} {r['precision']} ws{r['world_size']} ({r['spec_id']})",
-             str(r["parity_detail"])) for _, r in known.iterrows()]
+SECTIONS = (
+    ("overhead", None),
+    ("scaling", None),
+    ("defaults", None),
+    ("parity", None),
+    ("repeats", "Reproducibility"),
+    ("precision", None),
+    ("distributed", None),
+)
+EMPTY = {
+    "overhead": "No runs.",
+    "scaling": "No `scaling` runs in this report: no decomposition.",
+    "defaults": "No adapter was run in `defaults` mode here.",
+    "parity": "No run has a parity verdict (no native reference run in the same cell).",
+    "repeats": "No spec was repeated with the same seed.",
+    "precision": "No mixed-precision run has an fp32 counterpart here.",
+    "distributed": "No DDP or gradient-accumulation runs here.",
+}
+
+
+def cell_text(row: dict[str, Any], column) -> str:
+    value = row.get(column.key)
+    if column.low and value is not None and row.get(column.low) is not None and row.get(column.high) is not None:
+        return f"{fmt(value)} [{fmt(row[column.low])}, {fmt(row[column.high])}]"
+    return fmt(value)
+
+
+def _md_table(table) -> list[str]:
+    lines = ["| " + " | ".join(_md_escape(c.heading) for c in table.columns) + " |",
+             "|" + "|".join("---:" if c.numeric else "---" for c in table.columns) + "|"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md_escape(cell_text(row, c)) for c in table.columns) + " |")
+    return lines
+
+
+def _figure_names(report, prefix: str) -> list[tuple[str, str]]:
+    return [(name, caption) for name, (caption, _) in report.figures.items() if name.startswith(prefix)]
 
 
 def markdown(report) -> str:
     lines = [f"# {report.title}", ""]
-    lines += [f"- report id: `{report.report_id}`", f"- source: {report.source_line}", f"- runs: {report.counts_line}"]
+    lines += [f"- report id: `{report.report_id}`", f"- source: {report.source_line}",
+              f"- runs: {report.counts_line}", f"- measured on: {report.measured_on}"]
     if report.parity_line:
         lines.append(f"- parity: {report.parity_line}")
-    lines.append("")
-    lines += ["## Results", ""]
+    lines += ["- verify: `bakeoff report --verify <this folder>` recomputes every table and the id from `raw.json`",
+              ""]
+    for name, group in SECTIONS:
+        table = report.tables[name]
+        if group:
+            lines += [f"## {group}", ""]
+        level = "###" if name in ("repeats", "precision", "distributed") else "##"
+        lines += [f"{level} {table.title}", ""]
+        lines += (_md_table(table) if table.rows else [EMPTY[name]]) + [""]
+        lines += [table.note, ""]
+        plots = {"overhead": "overhead-", "scaling": "scaling-"}.get(name)
+        for figure, caption in _figure_names(report, plots) if plots else []:
+            lines += [f"![{caption}]({figure})", ""]
+    lines += ["## Every run", ""]
     lines.append("| " + " | ".join(h for _, h in DISPLAY) + " |")
     lines.append("|" + "|".join("---" for _ in DISPLAY) + "|")
     for row in display_rows(report.frame):
@@ -96,48 +142,79 @@ def markdown(report) -> str:
     lines.append("")
     lines.append("Step times are medians after each run's warm-up steps; peak memory is peak RSS on CPU and "
                  "`torch.cuda.max_memory_allocated` on CUDA. Every figure is the value MLflow holds for the run; "
-                 "`results.csv` has them at full precision.")
+                 "`results.csv` has them at full precision, `steps.csv` and `raw.json` every step.")
     lines.append("")
-    notes = _parity_notes(report.frame)
-    if notes:
-        lines += ["## Parity against the native loop", ""]
-        lines += [f"- {_md_escape(who)}: {_md_escape(detail)}" for who, detail in notes]
-        lines.append("")
     problems = _problems(report.frame)
     if problems:
         lines += ["## Runs that did not finish", ""]
         lines += [f"- `{spec_id}` {status}: {_md_escape(error)}" for spec_id, status, error in problems]
         lines.append("")
-    if report.figures:
+    others = [(n, c) for n, c in _figure_names(report, "") if not n.startswith(("overhead-", "scaling-"))]
+    if others:
         lines += ["## Plots", ""]
-        for name, (caption, _) in report.figures.items():
+        for name, caption in others:
             lines += [f"![{caption}]({name})", ""]
     lines += _provenance_md(report)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _provenance_md(report) -> list[str]:
-    lines = ["## Provenance and reproduction", ""]
+    lines = ["## Provenance", ""]
     for name, values in report.provenance.items():
         lines.append(f"- {name.replace('_', ' ')}: {', '.join(values) if values else '–'}")
-    lines += ["", "Reproduce:", "", "```sh", *report.reproduce, "```", ""]
+    lines += ["", "Raw data: `raw.json` (every run's params, tags, metrics, per-step histories and environment, "
+              "as MLflow holds them), `steps.csv` (per-step loss and step time), `results.csv` (one row per run).", ""]
+    lines += ["## Reproduce and cite", "", "Reproduce:", "", "```sh", *report.reproduce, "```", ""]
     lines += ["Cite as:", "", "```text", report.citation, "```", ""]
-    lines += [f"Generated {report.generated_at} by bakeoff; the report id is derived from the report's content "
-              "(its table and run ids), so the same runs always give the same id.", ""]
+    lines += ["BibTeX:", "", "```bibtex", report.bibtex, "```", ""]
+    lines += ["CITATION.cff:", "", "```yaml", report.citation_cff, "```", ""]
+    lines += [f"Generated {report.generated_at} by bakeoff. The report id is the SHA-256 of the report's content "
+              "(the raw run data, the task declarations and every table), so the same runs always give the same id "
+              "and any changed figure gives a new one.", ""]
     return lines
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;max-width:1400px;color:#222}
-table{border-collapse:collapse;font-size:.82rem}th,td{border:1px solid #ccc;padding:.25rem .45rem;text-align:left}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;max-width:1500px;color:#222}
+table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0}
+th,td{border:1px solid #ccc;padding:.25rem .45rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.failed td{background:#fdecea}tr.unsupported td{color:#777}code,pre{background:#f6f6f6}
 pre{padding:.6rem;overflow-x:auto}img{max-width:100%;border:1px solid #eee;margin:.5rem 0}
+p.note{font-size:.85rem;color:#444;max-width:1100px}
 """
 NUMERIC_DISPLAY = {
     "median_step_us", "throughput_samples_per_s", "peak_memory_mib", "final_loss", "eval_metric", "world_size",
     "grad_accum", "seed", "repeat",
 }
+
+
+# Inline (the page stays self-contained): records on <body> how many images decoded and how many
+# tables have rows, so a headless browser's DOM dump shows whether the page rendered.
+RENDER_CHECK = (
+    "window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);"
+    "document.body.dataset.imagesTotal=i.length;"
+    "document.body.dataset.imagesDecoded=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length;"
+    "document.body.dataset.tablesWithRows=document.querySelectorAll('table.report-table tbody tr:first-child').length;"
+    "});"
+)
+
+
+def _html_table(table, e) -> list[str]:
+    parts = [f'<table class="report-table" id="table-{e(table.name)}"><thead><tr>']
+    parts += [f"<th>{e(c.heading)}</th>" for c in table.columns]
+    parts.append("</tr></thead><tbody>")
+    for row in table.rows:
+        parts.append("<tr>" + "".join(f'<td class="{"num" if c.numeric else ""}">{e(cell_text(row, c))}</td>'
+                                      for c in table.columns) + "</tr>")
+    parts.append("</tbody></table>")
+    return parts
+
+
+def _html_figure(caption: str, png: bytes, e) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>")
 
 
 def html_page(report) -> str:
@@ -149,10 +226,25 @@ def html_page(report) -> str:
         f"<h1>{e(report.title)}</h1><ul>",
         f"<li>report id: <code>{e(report.report_id)}</code></li>",
         f"<li>source: {e(report.source_line)}</li><li>runs: {e(report.counts_line)}</li>",
+        f"<li>measured on: {e(report.measured_on)}</li>",
     ]
     if report.parity_line:
         parts.append(f"<li>parity: {e(report.parity_line)}</li>")
-    parts.append("</ul><h2>Results</h2><table><thead><tr>")
+    parts.append("<li>verify: <code>bakeoff report --verify &lt;this folder&gt;</code> recomputes every table and the "
+                 "id from <code>raw.json</code></li></ul>")
+    for name, group in SECTIONS:
+        table = report.tables[name]
+        if group:
+            parts.append(f"<h2>{e(group)}</h2>")
+        level = "h3" if name in ("repeats", "precision", "distributed") else "h2"
+        parts.append(f"<{level}>{e(table.title)}</{level}>")
+        parts += _html_table(table, e) if table.rows else [f"<p>{e(EMPTY[name].replace('`', ''))}</p>"]
+        parts.append(f'<p class="note">{e(table.note)}</p>')
+        prefix = {"overhead": "overhead-", "scaling": "scaling-"}.get(name)
+        for figure, (caption, png) in report.figures.items():
+            if prefix and figure.startswith(prefix):
+                parts.append(_html_figure(caption, png, e))
+    parts.append('<h2>Every run</h2><table class="report-table" id="table-runs"><thead><tr>')
     parts += [f"<th>{e(h)}</th>" for _, h in DISPLAY]
     parts.append("</tr></thead><tbody>")
     for row in display_rows(report.frame):
@@ -160,28 +252,25 @@ def html_page(report) -> str:
         parts += [f'<td class="{"num" if c in NUMERIC_DISPLAY else ""}">{e(row[c])}</td>' for c, _ in DISPLAY]
         parts.append("</tr>")
     parts.append("</tbody></table>")
-    notes = _parity_notes(report.frame)
-    if notes:
-        parts.append("<h2>Parity against the native loop</h2><ul>")
-        parts += [f"<li>{e(who)}: {e(detail)}</li>" for who, detail in notes]
-        parts.append("</ul>")
     problems = _problems(report.frame)
     if problems:
         parts.append("<h2>Runs that did not finish</h2><ul>")
         parts += [f"<li><code>{e(s)}</code> {e(st)}: {e(err)}</li>" for s, st, err in problems]
         parts.append("</ul>")
-    if report.figures:
+    others = [(n, v) for n, v in report.figures.items() if not n.startswith(("overhead-", "scaling-"))]
+    if others:
         parts.append("<h2>Plots</h2>")
-        for caption, png in report.figures.values():
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
-    parts.append("<h2>Provenance and reproduction</h2><ul>")
+        parts += [_html_figure(caption, png, e) for _, (caption, png) in others]
+    parts.append("<h2>Provenance</h2><ul>")
     for name, values in report.provenance.items():
         parts.append(f"<li>{e(name.replace('_', ' '))}: {e(', '.join(values) if values else '–')}</li>")
-    parts.append(f"</ul><p>Reproduce:</p><pre>{e(chr(10).join(report.reproduce))}</pre>")
+    parts.append("</ul><p>Raw data: raw.json, steps.csv and results.csv beside this file.</p>")
+    parts.append(f"<h2>Reproduce and cite</h2><p>Reproduce:</p><pre>{e(chr(10).join(report.reproduce))}</pre>")
     parts.append(f"<p>Cite as:</p><pre>{e(report.citation)}</pre>")
-    parts.append(f"<p>Generated {e(report.generated_at)} by bakeoff.</p></body></html>")
+    parts.append(f'<p>BibTeX:</p><pre id="bibtex">{e(report.bibtex)}</pre>')
+    parts.append(f'<p>CITATION.cff:</p><pre id="citation-cff">{e(report.citation_cff)}</pre>')
+    parts.append(f"<p>Generated {e(report.generated_at)} by bakeoff.</p>")
+    parts.append(f"<script>{RENDER_CHECK}</script></body></html>")
     return "\n".join(parts) + "\n"
 
 

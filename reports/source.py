@@ -56,9 +56,54 @@ class RunRecord:
     metrics: dict[str, float]
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     """metric key → [(step, value)] sorted by step, for the per-step metrics."""
+    environment: dict[str, Any] = field(default_factory=dict)
+    """The run's ``env.json`` artifact (versions, hardware), restricted to ENVIRONMENT_KEYS."""
 
     def tag(self, name: str, default: Any = None) -> Any:
         return self.tags.get(TAG + name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the raw data a report folder keeps so the report can be verified offline."""
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "status": self.status,
+            "start_time": self.start_time,
+            "params": dict(sorted(self.params.items())),
+            "tags": dict(sorted(self.tags.items())),
+            "metrics": dict(sorted(self.metrics.items())),
+            "histories": {k: [[int(s), float(v)] for s, v in h] for k, h in sorted(self.histories.items())},
+            "environment": self.environment,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(
+            run_id=data["run_id"],
+            experiment_id=data["experiment_id"],
+            status=data["status"],
+            start_time=int(data["start_time"]),
+            params=dict(data["params"]),
+            tags=dict(data["tags"]),
+            metrics={k: float(v) for k, v in data["metrics"].items()},
+            histories={k: [(int(s), float(v)) for s, v in h] for k, h in data.get("histories", {}).items()},
+            environment=dict(data.get("environment", {})),
+        )
+
+
+# What a report keeps of each run's env.json: versions and hardware (no paths, no settings).
+ENVIRONMENT_KEYS = ("python", "platform", "torch", "cuda", "cudnn", "driver", "device_name", "gpu_count",
+                    "cpu_model", "cpu_count", "torch_threads", "packages")
+
+
+def _environment(mlflow_client, run_id: str) -> dict[str, Any]:
+    try:
+        with tempfile.TemporaryDirectory(prefix="bakeoff-report-env-") as folder:
+            path = mlflow_client.download_artifacts(run_id, "env.json", folder)
+            environment = json.loads(Path(path).read_text())
+    except Exception:  # an older run without the artifact: the tags still carry torch/CUDA/device
+        return {}
+    return {k: environment[k] for k in ENVIRONMENT_KEYS if k in environment}
 
 
 def _record(mlflow_client, run, with_histories: bool) -> RunRecord:
@@ -76,7 +121,48 @@ def _record(mlflow_client, run, with_histories: bool) -> RunRecord:
             if key in record.metrics:
                 history = mlflow_client.get_metric_history(record.run_id, key)
                 record.histories[key] = sorted((m.step, m.value) for m in history)
+        record.environment = _environment(mlflow_client, record.run_id)
     return record
+
+
+def records_from_results(results: list[dict[str, Any]], results_dir: Path | None = None) -> list[RunRecord]:
+    """RunRecords exactly as ``harness.tracking.log_result`` would store these results, without MLflow.
+
+    For tests and offline previews; a test checks it against what MLflow really returns. Run ids
+    are derived from the spec id and result digest (MLflow's own ids are random).
+    """
+    from harness import tracking
+
+    secrets = tracking.secret_values()
+    verdicts = tracking.parity_verdicts(results, Path(results_dir or "."))
+    records = []
+    for index, result in enumerate(results):
+        digest = tracking.result_digest(result)
+        tags = tracking.tags_of(result, suite="offline", digest=digest, parity=verdicts.get(result["spec_id"]))
+        metrics = tracking.summary_metrics(result)
+        trajectory = result.get("trajectory", {})
+        ends = trajectory.get("step_end_ns", [])
+        durations = tracking.step_times_us(ends)
+        histories = {}
+        losses = [(s, float(v)) for s, v in enumerate(trajectory.get("losses", [])) if v is not None]
+        if losses:
+            histories["loss"] = losses
+        if durations:
+            histories["step_time_us"] = [(s, float(v)) for s, v in enumerate(durations)]
+        environment = result.get("environment", {})
+        records.append(RunRecord(
+            run_id=f"offline-{result['spec_id']}-{digest}",
+            experiment_id="offline",
+            status=tracking.RUN_STATUS[result["status"]],
+            start_time=index,
+            params=tracking.params_of(result["spec"]),
+            tags={k: tracking.redact(v, secrets) for k, v in tags.items()},
+            # MLflow's run.data.metrics also holds each per-step metric's latest value.
+            metrics={**metrics, **{k: h[-1][1] for k, h in histories.items() if h}},
+            histories={k: v for k, v in histories.items() if k in STEP_METRICS},
+            environment={k: environment[k] for k in ENVIRONMENT_KEYS if k in environment},
+        ))
+    return records
 
 
 def _search(mlflow_client, experiment_id: str, kind: str) -> list[Any]:

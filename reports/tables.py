@@ -2,12 +2,13 @@
 
 Every figure here is a value MLflow holds (a run's metric, param or tag), copied, never recomputed,
 so the report and the dashboard agree. Derived statistics (bootstrap CIs, overhead ratios, scaling
-fits) belong here too, as further functions over these frames.
+fits) live in ``reports.analysis``, computed from the same records.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pandas as pd
@@ -23,6 +24,9 @@ COLUMNS: list[tuple[str, str]] = [
     ("precision", "tag:precision"),
     ("world_size", "tag:world_size"),
     ("grad_accum", "param:grad_accum"),
+    ("batch_size", "param:batch_size"),
+    ("steps", "param:steps"),
+    ("lr", "param:lr"),
     ("seed", "param:seed"),
     ("repeat", "param:repeat"),
     ("device", "tag:device"),
@@ -34,7 +38,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("final_loss", "metric:final_loss"),
     ("eval_metric", "metric:eval_metric"),
     ("metric_name", "tag:metric_name"),
+    ("eval_loss", "metric:eval_loss"),
     ("wall_s", "metric:wall_s"),
+    ("fit_s", "metric:fit_s"),
+    ("startup_s", "metric:startup_s"),
+    ("warmup_steps", "metric:warmup_steps"),
     ("weights_digest", "tag:weights_digest"),
     ("library", "tag:library"),
     ("library_version", "tag:library_version"),
@@ -43,10 +51,14 @@ COLUMNS: list[tuple[str, str]] = [
     ("error", "tag:error"),
     ("parity_detail", "tag:parity_detail"),
 ]
-NUMERIC = {"median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "wall_s"}
-INTEGER = {"world_size", "grad_accum", "seed", "repeat"}
+NUMERIC = {
+    "median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "eval_loss",
+    "wall_s", "fit_s", "startup_s", "lr",
+}
+INTEGER = {"world_size", "grad_accum", "batch_size", "steps", "seed", "repeat", "warmup_steps"}
 SORT = [
-    "task", "options", "precision", "world_size", "grad_accum", "adapter_order", "adapter", "mode", "seed", "repeat"
+    "task", "options", "precision", "world_size", "grad_accum", "adapter_order", "adapter", "mode", "seed", "repeat",
+    "batch_size", "steps", "lr", "spec_id", "run_id",
 ]
 
 
@@ -77,8 +89,16 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
     for column in INTEGER:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     frame["adapter_order"] = (frame["adapter"] != "native").astype(int)  # native first in every cell
-    frame = frame.sort_values(SORT, kind="stable").drop(columns="adapter_order").reset_index(drop=True)
+    frame["options_order"] = frame["options"].map(_natural)  # width=16 before width=1024
+    sort = ["options_order" if c == "options" else c for c in SORT]
+    frame = frame.sort_values(sort, kind="stable").drop(columns=["adapter_order", "options_order"])
+    frame = frame.reset_index(drop=True)
     return frame
+
+
+def _natural(text: Any) -> str:
+    """Sort key that orders embedded numbers by value (zero-padded)."""
+    return re.sub(r"\d+", lambda m: m.group().zfill(12), str(text or ""))
 
 
 def run_label(row: pd.Series | dict[str, Any]) -> str:

@@ -81,7 +81,7 @@ def test_html_is_one_self_contained_file_with_the_plots(logged, tmp_path):
     built = build_report(uri, Selection(suite=SUITE))
     folder = write_report(built, tmp_path)
     page = (folder / "report.html").read_text()
-    assert sorted(built.figures) == ["loss-00-digits.png", "steptime-00-digits.png"]
+    assert sorted(built.figures) == ["loss-00-digits.png", "overhead-00-digits.png", "steptime-00-digits.png"]
     assert page.count('src="data:image/png;base64,') == len(built.figures)
     assert not re.search(r'(src|href)="(https?:|//|[^"d#][^"]*\.(png|css|js))', page)
     for name in built.figures:
@@ -92,7 +92,8 @@ def test_html_is_one_self_contained_file_with_the_plots(logged, tmp_path):
 def test_report_id_follows_the_content(logged, tmp_path):
     uri, report, folder = logged
     first = build_report(uri, Selection(suite=SUITE))
-    assert build_report(uri, Selection(suite=SUITE)).report_id == first.report_id == content_id(first.frame)
+    recomputed = content_id(first.frame, first.records, first.tables, first.tasks, first.settings)
+    assert build_report(uri, Selection(suite=SUITE)).report_id == first.report_id == recomputed
     by_parent = build_report(uri, Selection(run_id=report.parent_run_id))
     assert by_parent.report_id == first.report_id  # the same runs, whichever way they were selected
     # A rerun of a spec (new content, same spec id) supersedes the old run: the table and id change.
@@ -114,7 +115,8 @@ def test_report_command_writes_the_outputs_and_rejects_unknown_selections(logged
     assert main(["report", "--suite", SUITE, "--tracking-uri", uri, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     (folder,) = tmp_path.iterdir()
-    assert {p.name for p in folder.iterdir()} >= {"report.md", "report.html", "results.csv", "report.json"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "report.md", "report.html", "results.csv", "report.json", "raw.json", "steps.csv"}
     assert str(folder / "report.html") in out
     assert main(["report", "--experiment", "no-such-experiment", "--tracking-uri", uri]) == 2
     assert "no experiment 'no-such-experiment'" in capsys.readouterr().err

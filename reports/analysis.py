@@ -1,0 +1,608 @@
+"""The report's derived tables: overhead with CIs, scaling decomposition, defaults vs aligned, parity, reproducibility.
+
+Everything here is a pure function of the run records (what MLflow holds) and the task declarations
+snapshotted next to them, with seeded bootstraps, so ``bakeoff report --verify`` can recompute every
+figure from the raw data kept in the report folder and get the same numbers.
+
+Step statistics pool a cell's repeats (seed and repeat vary, everything else is fixed) and resample at
+two levels (repeats, then steps within each: ``harness.stats``), because on shared machines the spread
+between processes dwarfs the spread within one. Every figure states how many repeats it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import stats
+from reports.source import RunRecord
+
+LOW_PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp16")
+CELL_FIELDS = ("task", "options", "adapter", "mode", "precision", "world_size", "grad_accum", "batch_size", "device")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    heading: str
+    low: str | None = None
+    """Key of the CI's lower bound: the cell prints ``value [low, high]``."""
+    high: str | None = None
+    numeric: bool = True
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "note": self.note, "columns": [c.key for c in self.columns],
+                "rows": [clean_row(r) for r in self.rows]}
+
+
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready: numpy scalars become Python numbers, NaN becomes None; keys sorted."""
+    out = {}
+    for key in sorted(row):
+        value = row[key]
+        if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
+            value = value.item()
+        if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
+            value = None
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- cells and step data
+
+
+def cell_of(row: pd.Series | dict[str, Any]) -> tuple:
+    return tuple(_plain(row[name]) for name in CELL_FIELDS)
+
+
+def native_cell(cell: tuple) -> tuple:
+    task, options, _, _, precision, world_size, grad_accum, batch_size, device = cell
+    return (task, options, "native", "aligned", precision, world_size, grad_accum, batch_size, device)
+
+
+def describe_cell(cell: tuple, *, with_adapter: bool = True) -> str:
+    task, options, adapter, mode, precision, world_size, grad_accum, batch_size, _ = cell
+    parts = [task + (f"[{options}]" if options else "")]
+    if with_adapter:
+        parts += [adapter, mode]
+    parts.append(precision)
+    if world_size and world_size > 1:
+        parts.append(f"ws{world_size}")
+    if grad_accum and grad_accum > 1:
+        parts.append(f"acc{grad_accum}")
+    parts.append(f"b{batch_size}")
+    return " ".join(str(p) for p in parts)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def measured_steps_us(record: RunRecord) -> list[float]:
+    """Per-step µs after the run's warm-up steps (the rule of ``harness.compare.measured_steps_us``)."""
+    durations = [v for _, v in record.histories.get("step_time_us", [])]
+    warmup = int(record.metrics.get("warmup_steps", 0))
+    kept = durations[warmup:] if len(durations) > warmup + 1 else durations[1:]
+    return [v for v in kept if math.isfinite(v)]
+
+
+@dataclass
+class Cell:
+    key: tuple
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """Every run of the cell (any status), as frame rows."""
+    measured: list[tuple[dict[str, Any], list[float]]] = field(default_factory=list)
+    """Per ok run with step data: (its row, its measured step times)."""
+
+    @property
+    def groups(self) -> list[list[float]]:
+        """One group of step times per run (repeat or seed): the bootstrap's first level."""
+        return [steps for _, steps in self.measured]
+
+    @property
+    def ok_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "ok"]
+
+    def values(self, column: str) -> list[float]:
+        return [float(r[column]) for r in self.ok_rows if _plain(r[column]) is not None]
+
+
+def cells(frame: pd.DataFrame, records: Sequence[RunRecord]) -> dict[tuple, Cell]:
+    by_run = {r.run_id: r for r in records}
+    found: dict[tuple, Cell] = {}
+    for row in frame.to_dict(orient="records"):
+        key = cell_of(row)
+        cell = found.setdefault(key, Cell(key))
+        cell.rows.append(row)
+        if row["status"] == "ok" and row["run_id"] in by_run:
+            steps = measured_steps_us(by_run[row["run_id"]])
+            if steps:
+                cell.measured.append((row, steps))
+    return found
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+    repeats: int
+    samples: int
+
+
+def bootstrap_medians(groups: list[np.ndarray], rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Two-level bootstrap of the pooled median (repeats with replacement, then steps within each).
+
+    The scheme of ``harness.stats.median_ci``, vectorised: groups are padded to the longest with NaN
+    and each drawn group keeps only its own length, so a suite's worth of cells takes seconds, not minutes.
+    """
+    count = len(groups)
+    sizes = np.array([g.size for g in groups])
+    longest = int(sizes.max())
+    data = np.full((count, longest), np.nan)
+    for index, group in enumerate(groups):
+        data[index, : group.size] = group
+    ragged = bool((sizes != longest).any())
+    out = np.empty(samples)
+    chunk = max(1, 2_000_000 // (count * longest))
+    for start in range(0, samples, chunk):
+        k = min(chunk, samples - start)
+        chosen = rng.integers(0, count, (k, count)) if count > 1 else np.zeros((k, 1), dtype=int)
+        chosen_sizes = sizes[chosen][..., None]
+        index = np.floor(rng.random((k, chosen.shape[1], longest)) * chosen_sizes).astype(int)
+        values = data[chosen[..., None], index]
+        if ragged:
+            values = np.where(np.arange(longest) < chosen_sizes, values, np.nan)
+            out[start : start + k] = np.nanmedian(values.reshape(k, -1), axis=1)
+        else:
+            out[start : start + k] = np.median(values.reshape(k, -1), axis=1)
+    return out
+
+
+def _arrays(groups: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    arrays = [np.asarray([v for v in g if v is not None and math.isfinite(v)], dtype=float) for g in groups]
+    return [a for a in arrays if a.size]
+
+
+def _interval(value: float, draws: np.ndarray, repeats: int, count: int) -> Interval:
+    tail = (1 - stats.CONFIDENCE) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    # As in harness.stats: a percentile interval of tied or tiny data can miss the point estimate;
+    # widen it to contain the estimate rather than print an interval that cannot hold it.
+    return Interval(value, float(min(low, value)), float(max(high, value)), repeats, count)
+
+
+def median_ci(groups: Sequence[Sequence[float]], *, samples: int, seed: int = 0) -> Interval | None:
+    arrays = _arrays(groups)
+    if not arrays:
+        return None
+    value = float(np.median(np.concatenate(arrays)))
+    draws = bootstrap_medians(arrays, np.random.default_rng(seed), samples)
+    return _interval(value, draws, len(arrays), int(sum(a.size for a in arrays)))
+
+
+def compare_ci(candidate, reference, *, samples: int, seed: int = 0) -> tuple[Interval, Interval] | None:
+    """(ratio, difference) of pooled medians candidate vs reference, both from the same bootstrap draws."""
+    cand, ref = _arrays(candidate), _arrays(reference)
+    if not cand or not ref:
+        return None
+    cand_median, ref_median = float(np.median(np.concatenate(cand))), float(np.median(np.concatenate(ref)))
+    rng = np.random.default_rng(seed)
+    cand_draws, ref_draws = bootstrap_medians(cand, rng, samples), bootstrap_medians(ref, rng, samples)
+    repeats, count = min(len(cand), len(ref)), int(sum(a.size for a in cand))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = _interval(cand_median / ref_median, cand_draws / ref_draws, repeats, count) if ref_median else None
+    difference = _interval(cand_median - ref_median, cand_draws - ref_draws, repeats, count)
+    return ratio, difference
+
+
+def _per_run_ci(values: list[float], *, samples: int) -> tuple[float | None, float | None, float | None]:
+    """Median of one figure per run with a bootstrap CI over the runs (each run is its own repeat)."""
+    estimate = median_ci([[v] for v in values], samples=samples)
+    return (estimate.value, estimate.low, estimate.high) if estimate else (None, None, None)
+
+
+def _status_line(cell: Cell) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for row in cell.rows:
+        counts[str(row["status"])] += 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+# --------------------------------------------------------------------------- overhead table
+
+
+def time_to_target(cell: Cell, task_info: dict[str, Any]) -> str:
+    target = task_info.get("target_metric")
+    if target is None:
+        return "no target declared"
+    metric = task_info.get("metric_name") or "metric"
+    finals = cell.values("eval_metric")
+    higher = task_info.get("higher_is_better", True)
+    reached = sum(1 for v in finals if (v >= target if higher else v <= target))
+    sign = "≥" if higher else "≤"
+    return f"not measured (no per-step eval); {metric} {sign} {target:g} after training in {reached}/{len(finals)} runs"
+
+
+def overhead_table(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str, Any], *, samples: int) -> Table:
+    rows = []
+    for key, cell in found.items():
+        task, _, adapter, mode, precision, world_size, grad_accum, batch_size, _ = key
+        native = found.get(native_cell(key))
+        global_batch = (batch_size or 0) * (world_size or 1) * (grad_accum or 1)
+        label = " ".join([adapter, mode, precision] + ([f"ws{world_size}"] if (world_size or 1) > 1 else [])
+                         + ([f"acc{grad_accum}"] if (grad_accum or 1) > 1 else []))
+        row: dict[str, Any] = {
+            "cell": describe_cell(key), "label": label, "task_key": task + (f"[{key[1]}]" if key[1] else ""),
+            "task": task, "options": key[1], "adapter": adapter, "mode": mode,
+            "precision": precision, "world_size": world_size, "grad_accum": grad_accum, "batch_size": batch_size,
+            "runs": _status_line(cell), "repeats": len(cell.groups),
+        }
+        median = median_ci(cell.groups, samples=samples)
+        if median:
+            row.update(median_step_us=median.value, median_step_low=median.low, median_step_high=median.high,
+                       steps_measured=median.samples)
+            row.update(throughput=global_batch / (median.value / 1e6),
+                       throughput_low=global_batch / (median.high / 1e6),
+                       throughput_high=global_batch / (median.low / 1e6) if median.low > 0 else None)
+        is_reference = adapter == "native" and mode == "aligned"
+        if native and native.groups and cell.groups and not is_reference:
+            ratio, diff = compare_ci(cell.groups, native.groups, samples=samples)
+            if ratio is not None:
+                row.update(ratio=ratio.value, ratio_low=ratio.low, ratio_high=ratio.high)
+            row.update(overhead_us=diff.value, overhead_low=diff.low, overhead_high=diff.high,
+                       native_repeats=len(native.groups))
+            pooled = [v for g in cell.groups for v in g]
+            native_pooled = [v for g in native.groups for v in g]
+            test = stats.mann_whitney(pooled, native_pooled)
+            row.update(test_verdict=test["verdict"], p_value=test["p_value"], alpha=test["alpha"])
+        elif is_reference and cell.groups:
+            row.update(ratio=1.0, ratio_low=1.0, ratio_high=1.0, test_verdict="reference")
+        elif cell.groups:
+            row["test_verdict"] = "no native run in this cell"
+        else:
+            row["test_verdict"] = "no finished run"
+        for column, out in (("peak_memory_bytes", "peak_mib"), ("startup_s", "startup_s"), ("wall_s", "wall_s")):
+            values = cell.values(column)
+            if column == "peak_memory_bytes":
+                values = [v / 2**20 for v in values]
+            value, low, high = _per_run_ci(values, samples=samples)
+            row.update({out: value, f"{out}_low": low, f"{out}_high": high})
+        row["time_to_target"] = time_to_target(cell, tasks.get(task, {}))
+        rows.append(row)
+    columns = [
+        Column("cell", "cell", numeric=False), Column("runs", "runs", numeric=False), Column("repeats", "repeats"),
+        Column("median_step_us", "median µs/step [95% CI]", "median_step_low", "median_step_high"),
+        Column("ratio", "× native [95% CI]", "ratio_low", "ratio_high"),
+        Column("overhead_us", "overhead µs/step [95% CI]", "overhead_low", "overhead_high"),
+        Column("test_verdict", f"Mann–Whitney vs native (α={stats.ALPHA})", numeric=False),
+        Column("p_value", "p"),
+        Column("throughput", "samples/s [95% CI]", "throughput_low", "throughput_high"),
+        Column("peak_mib", "peak MiB"),
+        Column("startup_s", "start-up s [95% CI]", "startup_s_low", "startup_s_high"),
+        Column("wall_s", "wall s [95% CI]", "wall_s_low", "wall_s_high"),
+        Column("time_to_target", "time to target", numeric=False),
+    ]
+    note = (
+        "One row per task × adapter × mode × precision × world size (× accumulation, batch). Step times are after each "
+        "run's warm-up; a cell's runs (repeats and seeds, each in its own process) are pooled, and every 95% CI is a "
+        f"two-level bootstrap ({samples} resamples) over runs and then steps within each run, so run-to-run variation "
+        "is part of the uncertainty; `repeats` is how many runs a figure rests on (1 = within-run spread only). "
+        "× native and overhead compare with the native aligned cell of the same task, precision, world size and batch. "
+        "The Mann–Whitney U test pools the steps of all runs of each side; 'no measurable difference' means p ≥ α. "
+        "Start-up is launch to first optimizer step; wall is the whole worker (start-up, training, evaluation). "
+        "Peak memory is peak RSS on CPU, `torch.cuda.max_memory_allocated` on CUDA (median over runs)."
+    )
+    return Table("overhead", "Overhead against the native loop", columns, rows, note)
+
+
+# --------------------------------------------------------------------------- scaling decomposition
+
+
+def flops_per_step(row: dict[str, Any], tasks: dict[str, Any]) -> float | None:
+    """FLOPs of one optimizer step on one process of a ``scaling`` run (6 × weights × samples)."""
+    from tasks.scaling import flops_per_sample
+
+    options = dict(tasks.get("scaling", {}).get("options", {}))
+    for part in filter(None, str(row["options"] or "").split(",")):
+        name, _, value = part.partition("=")
+        options[name] = value
+    try:
+        width, depth = int(options["width"]), int(options["depth"])
+    except (KeyError, ValueError):
+        return None
+    return float(flops_per_sample(width, depth) * row["batch_size"] * row["grad_accum"])
+
+
+def scaling_fits(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str, Any], *, samples: int):
+    """Per adapter × mode × precision: step time = fixed + slope · FLOPs over the scaling runs' medians."""
+    points: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for key, cell in found.items():
+        task, _, adapter, mode, precision, world_size, _grad_accum, _, device = key
+        if task != "scaling" or world_size != 1:
+            continue
+        for row, group in cell.measured:
+            flops = flops_per_step(row, tasks)
+            if flops is not None and group:
+                points[(adapter, mode, precision, device)].append((flops, float(np.median(group))))
+    fits = {}
+    for group_key, pts in sorted(points.items(), key=lambda item: (item[0][0] != "native", item[0])):
+        pts.sort()
+        fit = stats.linear_fit([p[0] / 1e9 for p in pts], [p[1] for p in pts], samples=samples)
+        fits[group_key] = {"points": pts, "fit": fit}
+    rows = []
+    for (adapter, mode, precision, device), entry in fits.items():
+        fit = entry["fit"]
+        widths = sorted({round(p[0]) for p in entry["points"]})
+        row = {"adapter": adapter, "mode": mode, "precision": precision, "device": device,
+               "runs": len(entry["points"]), "distinct_sizes": len(widths)}
+        if fit.get("fixed") is not None:
+            row.update(fixed_us=fit["fixed"], fixed_low=fit["fixed_ci"][0], fixed_high=fit["fixed_ci"][1],
+                       slope_us_per_gflop=fit["slope"], slope_low=fit["slope_ci"][0], slope_high=fit["slope_ci"][1])
+            native = fits.get(("native", "aligned", precision, device), {}).get("fit", {})
+            if native.get("fixed") is not None and adapter != "native":
+                row["fixed_minus_native_us"] = fit["fixed"] - native["fixed"]
+        else:
+            row["note"] = "fewer than two distinct widths: no fit"
+        rows.append(row)
+    columns = [
+        Column("adapter", "adapter", numeric=False), Column("mode", "mode", numeric=False),
+        Column("precision", "precision", numeric=False), Column("runs", "runs (points)"),
+        Column("fixed_us", "fixed µs/step [95% CI]", "fixed_low", "fixed_high"),
+        Column("slope_us_per_gflop", "µs per GFLOP [95% CI]", "slope_low", "slope_high"),
+        Column("fixed_minus_native_us", "fixed − native fixed µs"),
+        Column("note", "note", numeric=False),
+    ]
+    note = (
+        "From the `scaling` task swept over widths: each run's median step time (after warm-up) is one point, "
+        "x = FLOPs per optimizer step (`tasks.scaling.flops_per_sample` × batch), and a least-squares line "
+        f"step time = fixed + slope · GFLOPs is fitted per adapter; CIs bootstrap the points ({samples} resamples). "
+        "The fixed term is the per-step cost that does not grow with the model: the library's own per-step work. "
+        "A negative fixed term with a CI spanning 0 means no fixed cost is measurable at this noise level."
+    )
+    return Table("scaling", "Overhead decomposition (scaling sweep)", columns, rows, note), fits
+
+
+# --------------------------------------------------------------------------- defaults vs aligned
+
+
+def defaults_table(found: dict[tuple, Cell], *, samples: int) -> Table:
+    rows = []
+    for key, cell in found.items():
+        if key[3] != "defaults":
+            continue
+        aligned = found.get((*key[:3], "aligned", *key[4:]))
+        row = {"cell": f"{key[2]}: {describe_cell(key, with_adapter=False)}", "adapter": key[2],
+               "repeats_defaults": len(cell.groups), "repeats_aligned": len(aligned.groups) if aligned else 0}
+        if aligned and aligned.groups and cell.groups:
+            ratio, diff = compare_ci(cell.groups, aligned.groups, samples=samples)
+            row.update(step_cost_us=diff.value, step_cost_low=diff.low, step_cost_high=diff.high)
+            if ratio is not None:
+                row.update(ratio=ratio.value, ratio_low=ratio.low, ratio_high=ratio.high)
+            for column in ("wall_s", "startup_s", "fit_s"):
+                a, d = aligned.values(column), cell.values(column)
+                if a and d:
+                    row[f"{column}_cost"] = float(np.median(d) - np.median(a))
+        else:
+            row["note"] = "needs finished runs in both modes"
+        rows.append(row)
+    columns = [
+        Column("cell", "cell", numeric=False), Column("repeats_defaults", "repeats (defaults)"),
+        Column("repeats_aligned", "repeats (aligned)"),
+        Column("step_cost_us", "per-step cost µs [95% CI]", "step_cost_low", "step_cost_high"),
+        Column("ratio", "defaults ÷ aligned [95% CI]", "ratio_low", "ratio_high"),
+        Column("wall_s_cost", "per-run cost s (wall)"), Column("startup_s_cost", "start-up cost s"),
+        Column("fit_s_cost", "training-loop cost s"), Column("note", "note", numeric=False),
+    ]
+    note = ("What a library's defaults (its progress bar, logging, validation, idiomatic optimizer and data order) "
+            "cost over the same library configured to do the native loop's math: per step = median step time "
+            "difference (two-level bootstrap CI); per run = difference of the median whole-run wall time, start-up "
+            "time and training-loop time. Defaults runs are not parity-comparable by design.")
+    return Table("defaults", "Defaults vs aligned", columns, rows, note)
+
+
+# --------------------------------------------------------------------------- parity
+
+_DETAIL = re.compile(
+    r"^(?P<verdict>close|diverged): losses differ first at step (?P<first>\w+) \(max \|Δloss\| (?P<loss>[^)]+)\); "
+    r"largest weight difference in (?P<tensor>\S+) \(abs (?P<wabs>[^,]+), rel (?P<wrel>[^)]+)\)"
+    r"(?:; beyond tolerance from step (?P<beyond>\d+))?"
+)
+_BITWISE = re.compile(r"^bitwise \((?P<steps>\d+) steps")
+
+
+def parse_parity(verdict: str | None, detail: str | None) -> dict[str, Any]:
+    """The structured verdict from the MLflow tags (``harness.parity.Verdict.describe`` text)."""
+    out: dict[str, Any] = {"verdict": verdict}
+    detail = detail or ""
+    if match := _BITWISE.match(detail):
+        out["steps_compared"] = int(match["steps"])
+    elif match := _DETAIL.match(detail):
+        out["first_differing_step"] = int(match["first"]) if match["first"].isdigit() else None
+        out["loss_max_abs_diff"] = _number(match["loss"])
+        out["tensor"] = None if match["tensor"] == "None" else match["tensor"]
+        out["weight_max_abs_diff"] = _number(match["wabs"])
+        out["weight_max_rel_diff"] = _number(match["wrel"])
+        out["first_step_beyond_tolerance"] = int(match["beyond"]) if match["beyond"] else None
+    elif detail.startswith("not-comparable: "):
+        out["reason"] = detail.removeprefix("not-comparable: ")
+    elif detail:
+        out["reason"] = detail
+    return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def run_name(row: dict[str, Any]) -> str:
+    extra = f" s{row['seed']}" + (f" r{row['repeat']}" if _plain(row["repeat"]) else "")
+    return describe_cell(cell_of(row)) + extra
+
+
+def parity_table(frame: pd.DataFrame) -> Table:
+    rows = []
+    for row in frame.to_dict(orient="records"):
+        verdict = _plain(row["parity"])
+        if verdict is None:
+            continue
+        parsed = parse_parity(verdict, _plain(row["parity_detail"]))
+        rows.append({"run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"], **parsed})
+    columns = [
+        Column("run", "run", numeric=False), Column("verdict", "verdict", numeric=False),
+        Column("steps_compared", "steps"), Column("first_differing_step", "first differing step"),
+        Column("first_step_beyond_tolerance", "first step beyond tolerance"),
+        Column("tensor", "tensor with largest difference", numeric=False),
+        Column("loss_max_abs_diff", "max |Δloss|"), Column("weight_max_abs_diff", "max |Δweight|"),
+        Column("weight_max_rel_diff", "rel |Δweight|"), Column("reason", "reason", numeric=False),
+        Column("spec_id", "spec id", numeric=False),
+    ]
+    note = ("Each run against the native aligned run of the same task, options, seed, steps, learning rate, precision "
+            "and global batch (its first repeat, single process, no accumulation); a native repeat is compared with "
+            "repeat 0, native DDP/accumulation runs with single-process native. `bitwise`: every step loss and every "
+            "final weight equal; `close`: within the task's declared tolerance for that precision; `diverged`: beyond "
+            "it; `not-comparable`: reason given. Runs without a verdict (the references themselves) are not listed.")
+    return Table("parity", "Parity against the native loop", columns, rows, note)
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def _losses(record: RunRecord | None) -> list[float]:
+    return [v for _, v in record.histories.get("loss", [])] if record else []
+
+
+def repeats_table(frame: pd.DataFrame, records: Sequence[RunRecord]) -> Table:
+    by_run = {r.run_id: r for r in records}
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in frame.to_dict(orient="records"):
+        if row["status"] == "ok":
+            groups[(*cell_of(row), _plain(row["seed"]))].append(row)
+    rows = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        digests = {m["weights_digest"] for m in members}
+        trajectories = [_losses(by_run.get(m["run_id"])) for m in members]
+        first = trajectories[0]
+        same_losses = all(t == first for t in trajectories[1:])
+        max_diff = max((abs(a - b) for t in trajectories[1:] for a, b in zip(first, t)), default=0.0)
+        rows.append({
+            "cell": describe_cell(key[:-1]) + f" s{key[-1]}", "repeats": len(members),
+            "bitwise": "yes" if same_losses and len(digests) == 1 else "no",
+            "distinct_weight_digests": len(digests), "loss_max_abs_diff": max_diff,
+        })
+    columns = [Column("cell", "cell (same seed)", numeric=False), Column("repeats", "repeats"),
+               Column("bitwise", "bitwise identical", numeric=False),
+               Column("distinct_weight_digests", "distinct final-weight digests"),
+               Column("loss_max_abs_diff", "max |Δloss| vs first repeat")]
+    note = ("Runs of the same spec repeated in separate processes (same seed): identical if every step loss and the "
+            "final weights' SHA-256 agree.")
+    return Table("repeats", "Reproducibility: repeated runs", columns, rows, note)
+
+
+def precision_table(frame: pd.DataFrame, tasks: dict[str, Any]) -> Table:
+    rows_by_key: dict[tuple, dict[str, Any]] = {}
+    for row in frame.to_dict(orient="records"):
+        if row["status"] == "ok":
+            key = cell_of(row)[:4] + cell_of(row)[5:] + (_plain(row["seed"]), _plain(row["repeat"]))
+            rows_by_key[(*key, row["precision"])] = row
+    rows = []
+    for key, low in rows_by_key.items():
+        precision = key[-1]
+        if precision not in LOW_PRECISIONS:
+            continue
+        full = rows_by_key.get((*key[:-1], "fp32"))
+        if full is None or _plain(full["final_loss"]) is None or _plain(low["final_loss"]) is None:
+            continue
+        diff = float(low["final_loss"]) - float(full["final_loss"])
+        relative = abs(diff) / abs(float(full["final_loss"])) if full["final_loss"] else None
+        drift = tasks.get(low["task"], {}).get("precision_drift", {}).get(precision)
+        rows.append({
+            "run": run_name(low).replace(f" {precision}", ""), "precision": precision,
+            "final_loss_fp32": float(full["final_loss"]), "final_loss_low": float(low["final_loss"]),
+            "difference": diff, "relative": relative, "declared_drift": drift,
+            "within_declared": None if drift is None or relative is None else ("yes" if relative <= drift else "no"),
+        })
+    columns = [Column("run", "run", numeric=False), Column("precision", "precision", numeric=False),
+               Column("final_loss_fp32", "final loss fp32"), Column("final_loss_low", "final loss low precision"),
+               Column("difference", "difference"), Column("relative", "relative"),
+               Column("declared_drift", "task's declared drift"),
+               Column("within_declared", "within declared", numeric=False)]
+    note = ("Final training loss of each mixed-precision run against the fp32 run of the same adapter, mode, seed "
+            "and repeat; the expected relative drift is declared per task and precision (`Task.precision_drift`).")
+    return Table("precision", "Reproducibility: mixed precision vs fp32", columns, rows, note)
+
+
+def distributed_table(frame: pd.DataFrame) -> Table:
+    singles = {}
+    for row in frame.to_dict(orient="records"):
+        if row["status"] == "ok" and row["adapter"] == "native" and row["mode"] == "aligned" \
+                and row["world_size"] == 1 and row["grad_accum"] == 1 and not _plain(row["repeat"]):
+            singles[(row["task"], row["options"], row["precision"], _plain(row["seed"]),
+                     row["batch_size"], row["steps"])] = row
+    rows = []
+    for row in frame.to_dict(orient="records"):
+        if not ((_plain(row["world_size"]) or 1) > 1 or (_plain(row["grad_accum"]) or 1) > 1):
+            continue
+        global_batch = row["batch_size"] * row["world_size"] * row["grad_accum"]
+        single = singles.get((row["task"], row["options"], row["precision"], _plain(row["seed"]), global_batch,
+                              row["steps"]))
+        parsed = parse_parity(_plain(row["parity"]), _plain(row["parity_detail"]))
+        entry = {"run": run_name(row), "status": row["status"], "kind": "DDP" if row["world_size"] > 1 else
+                 "accumulation", "global_batch": global_batch, "verdict": parsed.get("verdict") or "no verdict",
+                 "first_differing_step": parsed.get("first_differing_step"),
+                 "loss_max_abs_diff": parsed.get("loss_max_abs_diff"), "reason": parsed.get("reason")}
+        if single is not None and row["status"] == "ok" and _plain(row["final_loss"]) is not None:
+            entry["final_loss_difference"] = float(row["final_loss"]) - float(single["final_loss"])
+        rows.append(entry)
+    columns = [Column("run", "run", numeric=False), Column("kind", "kind", numeric=False),
+               Column("status", "status", numeric=False), Column("global_batch", "global batch"),
+               Column("verdict", "verdict vs single-process native", numeric=False),
+               Column("first_differing_step", "first differing step"), Column("loss_max_abs_diff", "max |Δloss|"),
+               Column("final_loss_difference", "final loss − single-process native"),
+               Column("reason", "reason", numeric=False)]
+    note = ("DDP (world size > 1) and gradient-accumulation runs against the single-process native run with the same "
+            "global batch: equivalent math should give `bitwise` or `close` (floating-point reduction order may "
+            "differ).")
+    return Table("distributed", "Reproducibility: DDP and gradient accumulation vs single process", columns, rows, note)
+
+
+# --------------------------------------------------------------------------- everything
+
+
+def analyse(frame: pd.DataFrame, records: Sequence[RunRecord], tasks: dict[str, Any], *, samples: int):
+    """Every derived table (name → Table) and the scaling fits for the plot."""
+    found = cells(frame, records)
+    scaling, fits = scaling_fits(frame, found, tasks, samples=samples)
+    tables = [
+        overhead_table(frame, found, tasks, samples=samples),
+        scaling,
+        defaults_table(found, samples=samples),
+        parity_table(frame),
+        repeats_table(frame, records),
+        precision_table(frame, tasks),
+        distributed_table(frame),
+    ]
+    return {t.name: t for t in tables}, fits, found
