@@ -290,6 +290,7 @@ def overhead_table(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[st
         rows.append(row)
     columns = [
         Column("cell", "cell", numeric=False), Column("runs", "runs", numeric=False), Column("repeats", "repeats"),
+        Column("native_repeats", "native repeats"),
         Column("median_step_us", "median µs/step [95% CI]", "median_step_low", "median_step_high"),
         Column("ratio", "× native [95% CI]", "ratio_low", "ratio_high"),
         Column("overhead_us", "overhead µs/step [95% CI]", "overhead_low", "overhead_high"),
@@ -307,7 +308,9 @@ def overhead_table(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[st
         f"two-level bootstrap ({samples} resamples) over runs and then steps within each run, so run-to-run variation "
         "is part of the uncertainty; `repeats` is how many runs a figure rests on (1 = within-run spread only). "
         "× native and overhead compare with the native aligned cell of the same task, precision, world size and batch. "
-        "The Mann–Whitney U test pools the steps of all runs of each side; 'no measurable difference' means p ≥ α. "
+        "The Mann–Whitney U test (two-sided) pools the steps of all runs of each side and treats them as independent, "
+        "so with one repeat it speaks only for that pair of processes; read it with the CI. "
+        "'no measurable difference' means p ≥ α. "
         "Start-up is launch to first optimizer step; wall is the whole worker (start-up, training, evaluation). "
         "Peak memory is peak RSS on CPU, `torch.cuda.max_memory_allocated` on CUDA (median over runs)."
     )

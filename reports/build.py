@@ -227,8 +227,14 @@ def reproduce_commands(frame: pd.DataFrame, provenance: dict[str, list[str]], su
     lines.append("make install")
     devices = sorted({str(d) for d in frame["device"].dropna()})
     device = devices[0] if len(devices) == 1 else "auto"
-    if suite and re.fullmatch(r"[A-Za-z0-9_-]+", suite):
+    from harness.suites import suite_names
+
+    if suite and suite in suite_names():
         lines.append(f".venv/bin/bakeoff bench --suite {suite} --device {device}")
+        lines.append(f".venv/bin/bakeoff report --suite {suite}")
+    elif suite and re.fullmatch(r"[A-Za-z0-9_-]+", suite):
+        lines.append(f"# suite {suite} is not built in: it came from a suite file (TOML) named {suite}")
+        lines.append(f".venv/bin/bakeoff bench --suite-file {suite}.toml --device {device}")
         lines.append(f".venv/bin/bakeoff report --suite {suite}")
     else:
         lines.append("# one spec at a time: .venv/bin/bakeoff run --task ... (see results.csv for every spec)")

@@ -211,7 +211,7 @@ def test_provenance_and_citation(store, written):
     assert f"@misc{{bakeoff-{report.report_id}," in report.bibtex
     assert f'version: "{report.report_id}"' in report.citation_cff and "cff-version: 1.2.0" in report.citation_cff
     assert any(f"--verify reports/out/{report.report_id}" in line for line in report.reproduce)
-    assert ".venv/bin/bakeoff bench --suite cite --device cpu" in report.reproduce
+    assert ".venv/bin/bakeoff bench --suite-file cite.toml --device cpu" in report.reproduce
     markdown = (written / "report.md").read_text()
     for text in (report.bibtex, report.citation_cff, report.citation):
         assert text in markdown
