@@ -239,7 +239,7 @@ def time_to_target(cell: Cell, task_info: dict[str, Any]) -> str:
     higher = task_info.get("higher_is_better", True)
     reached = sum(1 for v in finals if (v >= target if higher else v <= target))
     sign = "≥" if higher else "≤"
-    return f"not measured (no per-step eval); {metric} {sign} {target:g} after training in {reached}/{len(finals)} runs"
+    return f"not measured: no per-step eval (final {metric} {sign} {target:g} in {reached}/{len(finals)} runs)"
 
 
 def overhead_table(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str, Any], *, samples: int) -> Table:

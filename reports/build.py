@@ -149,6 +149,7 @@ class Report:
             "report_id": self.report_id,
             "title": self.title,
             "generated_at": self.generated_at,
+            "built_with": _builder_version(),
             "measured_on": self.measured_on,
             "source": self.origin,
             "settings": self.settings,
@@ -179,6 +180,14 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
                 clean[key] = value
         out.append(clean)
     return out
+
+
+def _builder_version() -> dict[str, Any]:
+    """The bakeoff checkout that computed the tables (not part of the id: the same tables from any checkout)."""
+    from harness.environment import git_state
+
+    state = git_state()
+    return {"git_sha": state.get("git_sha"), "git_dirty": state.get("git_dirty")}
 
 
 def _canonical(value: Any) -> str:
@@ -451,6 +460,10 @@ def verify_report(folder: Path) -> tuple[str | None, list[str]]:
     for name in saved.get("figures", []):
         if not (folder / name).is_file():
             problems.append(f"figure {name} is missing")
+    built, now = saved.get("built_with", {}), _builder_version()
+    if problems and built.get("git_sha") and built.get("git_sha") != now.get("git_sha"):
+        problems.append(f"note: the report was built by bakeoff at {built['git_sha'][:12]}, this checkout is "
+                        f"{str(now.get('git_sha'))[:12]}; if the table code changed since, verify from that commit")
     return saved.get("report_id"), problems
 
 

@@ -176,7 +176,9 @@ def _provenance_md(report) -> list[str]:
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;max-width:1500px;color:#222}
-table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0}
+div.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0;width:max-content}
+td{max-width:26rem}
 th,td{border:1px solid #ccc;padding:.25rem .45rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.failed td{background:#fdecea}tr.unsupported td{color:#777}code,pre{background:#f6f6f6}
@@ -201,13 +203,13 @@ RENDER_CHECK = (
 
 
 def _html_table(table, e) -> list[str]:
-    parts = [f'<table class="report-table" id="table-{e(table.name)}"><thead><tr>']
+    parts = [f'<div class="scroll"><table class="report-table" id="table-{e(table.name)}"><thead><tr>']
     parts += [f"<th>{e(c.heading)}</th>" for c in table.columns]
     parts.append("</tr></thead><tbody>")
     for row in table.rows:
         parts.append("<tr>" + "".join(f'<td class="{"num" if c.numeric else ""}">{e(cell_text(row, c))}</td>'
                                       for c in table.columns) + "</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     return parts
 
 
@@ -244,14 +246,14 @@ def html_page(report) -> str:
         for figure, (caption, png) in report.figures.items():
             if prefix and figure.startswith(prefix):
                 parts.append(_html_figure(caption, png, e))
-    parts.append('<h2>Every run</h2><table class="report-table" id="table-runs"><thead><tr>')
+    parts.append('<h2>Every run</h2><div class="scroll"><table class="report-table" id="table-runs"><thead><tr>')
     parts += [f"<th>{e(h)}</th>" for _, h in DISPLAY]
     parts.append("</tr></thead><tbody>")
     for row in display_rows(report.frame):
         parts.append(f'<tr class="{e(row["status"])}">')
         parts += [f'<td class="{"num" if c in NUMERIC_DISPLAY else ""}">{e(row[c])}</td>' for c, _ in DISPLAY]
         parts.append("</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     problems = _problems(report.frame)
     if problems:
         parts.append("<h2>Runs that did not finish</h2><ul>")
