@@ -109,12 +109,21 @@ def standard(device: str) -> Suite:
     return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3)
 
 
+def cost(device: str) -> Suite:
+    """Per-step cost in both modes: digits and scaling at 3 widths, every main-environment adapter, 2 repeats."""
+    pairs = adapter_modes(_ordered_adapters(include_isolated=False))
+    cells = [[_spec("digits", a, device, mode=m) for a, m in pairs]]
+    for width in (32, 256, 1024):
+        cells.append([_spec("scaling", a, device, mode=m, options={"width": width}) for a, m in pairs])
+    return Suite(name="cost", description=cost.__doc__, specs=_interleave(cells, 2), repeats=2)
+
+
 def smoke(device: str) -> Suite:
     """The native loop alone on digits: a seconds-long check that the machinery works."""
     return Suite(name="smoke", description=smoke.__doc__, specs=[_spec("digits", "native", device, steps=10)])
 
 
-BUILTIN: dict[str, Callable[[str], Suite]] = {"smoke": smoke, "quick": quick, "standard": standard}
+BUILTIN: dict[str, Callable[[str], Suite]] = {"smoke": smoke, "quick": quick, "cost": cost, "standard": standard}
 
 
 def suite_names() -> list[str]:
