@@ -335,6 +335,23 @@ def flops_per_step(row: dict[str, Any], tasks: dict[str, Any]) -> float | None:
     return float(flops_per_sample(width, depth) * row["batch_size"] * row["grad_accum"])
 
 
+def fixed_difference(points, native_points, *, samples: int, seed: int = 0) -> tuple[float | None, float | None]:
+    """95% CI of (adapter fixed term − native fixed term), resampling each adapter's points independently."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(points, dtype=float), np.asarray(native_points, dtype=float)
+    differences = []
+    for _ in range(samples):
+        ra, rb = a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]
+        if np.unique(ra[:, 0]).size < 2 or np.unique(rb[:, 0]).size < 2:
+            continue
+        differences.append(np.polyfit(ra[:, 0] / 1e9, ra[:, 1], 1)[1] - np.polyfit(rb[:, 0] / 1e9, rb[:, 1], 1)[1])
+    if not differences:
+        return None, None
+    low, high = np.percentile(differences, [2.5, 97.5])
+    point = float(np.polyfit(a[:, 0] / 1e9, a[:, 1], 1)[1] - np.polyfit(b[:, 0] / 1e9, b[:, 1], 1)[1])
+    return float(min(low, point)), float(max(high, point))
+
+
 def scaling_fits(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str, Any], *, samples: int):
     """Per adapter × mode × precision: step time = fixed + slope · FLOPs over the scaling runs' medians."""
     points: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
@@ -360,9 +377,11 @@ def scaling_fits(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str,
         if fit.get("fixed") is not None:
             row.update(fixed_us=fit["fixed"], fixed_low=fit["fixed_ci"][0], fixed_high=fit["fixed_ci"][1],
                        slope_us_per_gflop=fit["slope"], slope_low=fit["slope_ci"][0], slope_high=fit["slope_ci"][1])
-            native = fits.get(("native", "aligned", precision, device), {}).get("fit", {})
-            if native.get("fixed") is not None and adapter != "native":
-                row["fixed_minus_native_us"] = fit["fixed"] - native["fixed"]
+            native = fits.get(("native", "aligned", precision, device), {})
+            if native.get("fit", {}).get("fixed") is not None and adapter != "native":
+                difference = fixed_difference(entry["points"], native["points"], samples=samples)
+                row.update(fixed_minus_native_us=fit["fixed"] - native["fit"]["fixed"],
+                           fixed_minus_native_low=difference[0], fixed_minus_native_high=difference[1])
         else:
             row["note"] = "fewer than two distinct widths: no fit"
         rows.append(row)
@@ -371,7 +390,8 @@ def scaling_fits(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str,
         Column("precision", "precision", numeric=False), Column("runs", "runs (points)"),
         Column("fixed_us", "fixed µs/step [95% CI]", "fixed_low", "fixed_high"),
         Column("slope_us_per_gflop", "µs per GFLOP [95% CI]", "slope_low", "slope_high"),
-        Column("fixed_minus_native_us", "fixed − native fixed µs"),
+        Column("fixed_minus_native_us", "fixed − native fixed µs [95% CI]", "fixed_minus_native_low",
+               "fixed_minus_native_high"),
         Column("note", "note", numeric=False),
     ]
     note = (
