@@ -386,7 +386,7 @@ def test_store_failure_after_training_keeps_results_for_a_later_ingest(tmp_path,
 
 def test_bench_logs_to_mlflow_and_ends_with_a_report(tmp_path, capsys, monkeypatch, sqlite_uri):
     bench = _tiny_suite(tmp_path, monkeypatch, "tiny")
-    monkeypatch.setattr("reports.build.DEFAULT_OUT", tmp_path / "out")
+    monkeypatch.setenv("BAKEOFF_REPORTS_OUT", str(tmp_path / "out"))
     uri = sqlite_uri
     code = main([*bench, "--tracking-uri", uri])
     out = capsys.readouterr().out
