@@ -34,7 +34,9 @@ def result_sets(draw):
         for mode in modes:
             for repeat in range(draw(st.integers(1, 3))):
                 fields = {"adapter": adapter, "mode": mode, "repeat": repeat, "task": task,
-                          "precision": draw(st.sampled_from(["fp32", "fp32", "bf16-mixed"]))}
+                          "precision": draw(st.sampled_from(["fp32", "fp32", "bf16-mixed"])),
+                          "world_size": draw(st.sampled_from([1, 1, 2])),
+                          "grad_accum": draw(st.sampled_from([1, 1, 2]))}
                 if task == "scaling":
                     fields["options"] = {"width": draw(st.sampled_from([16, 64]))}
                 steps = draw(st.integers(1, 8))
