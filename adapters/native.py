@@ -39,7 +39,8 @@ class NativeAdapter(Adapter):
                     train_model.require_backward_grad_sync = micro_step == job.grad_accum - 1
                 with precision.forward_context():
                     loss = job.loss(train_model(inputs), targets)
-                precision.backward(loss / job.grad_accum)
+                # Average gradients over the micro-batches; a single one needs no division node.
+                precision.backward(loss / job.grad_accum if job.grad_accum > 1 else loss)
                 job.probe.add_loss(loss)
             precision.optimizer_step(optimizer)
             optimizer.zero_grad(set_to_none=True)

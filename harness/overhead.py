@@ -64,6 +64,7 @@ def bare_loop(job: Job) -> None:
     model.train()
     for _ in range(job.steps):
         inputs, targets = next(batches)
+        inputs, targets = inputs.to(job.device), targets.to(job.device)
         with precision.forward_context():
             loss = job.loss(model(inputs), targets)
         precision.backward(loss)
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.steps < 10 or args.rounds < 3:
         print("python -m harness.overhead: error: need --steps >= 10 and --rounds >= 3", file=sys.stderr)
         return 2
