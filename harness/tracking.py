@@ -249,6 +249,7 @@ def tags_of(result: Mapping[str, Any], *, suite: str, digest: str, parity: Any =
     if parity is not None:
         tags["parity"] = parity.verdict
         tags["parity_detail"] = parity.describe()
+        tags["parity_json"] = parity.to_dict()  # structured, for reports; the detail is for people
     out = {
         TAG + k: _clip(v if isinstance(v, str) else json.dumps(v), MAX_TAG_VALUE)
         for k, v in tags.items()
@@ -476,6 +477,7 @@ def log_results(
             if verdict is not None and run.data.tags.get(TAG + "parity") != verdict.verdict:
                 mlflow_client.set_tag(run.info.run_id, TAG + "parity", verdict.verdict)
                 mlflow_client.set_tag(run.info.run_id, TAG + "parity_detail", _clip(verdict.describe(), MAX_TAG_VALUE))
+                mlflow_client.set_tag(run.info.run_id, TAG + "parity_json", json.dumps(verdict.to_dict()))
         if not pending and command == "ingest":
             report.seconds = time.perf_counter() - started
             return report

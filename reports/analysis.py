@@ -11,6 +11,7 @@ between processes dwarfs the spread within one. Every figure states how many rep
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -452,9 +453,29 @@ _DETAIL = re.compile(
 _BITWISE = re.compile(r"^bitwise \((?P<steps>\d+) steps")
 
 
-def parse_parity(verdict: str | None, detail: str | None) -> dict[str, Any]:
-    """The structured verdict from the MLflow tags (``harness.parity.Verdict.describe`` text)."""
+PARITY_FIELDS = (
+    "steps_compared", "first_differing_step", "first_step_beyond_tolerance", "loss_max_abs_diff", "tensor",
+    "weight_max_abs_diff", "weight_max_rel_diff",
+)
+
+
+def parse_parity(verdict: str | None, detail: str | None, structured: str | None = None) -> dict[str, Any]:
+    """The structured verdict from the MLflow tags: the ``parity_json`` tag when the run has it,
+    else parsed from the ``harness.parity.Verdict.describe`` text of older runs."""
     out: dict[str, Any] = {"verdict": verdict}
+    if structured:
+        try:
+            data = json.loads(structured)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            if verdict == "not-comparable":
+                out["reason"] = data.get("reason")
+            elif verdict == "bitwise":
+                out["steps_compared"] = data.get("steps_compared")
+            else:
+                out.update({name: data.get(name) for name in PARITY_FIELDS})
+            return out
     detail = detail or ""
     if match := _BITWISE.match(detail):
         out["steps_compared"] = int(match["steps"])
@@ -490,7 +511,7 @@ def parity_table(frame: pd.DataFrame) -> Table:
         verdict = _plain(row["parity"])
         if verdict is None:
             continue
-        parsed = parse_parity(verdict, _plain(row["parity_detail"]))
+        parsed = parse_parity(verdict, _plain(row["parity_detail"]), _plain(row.get("parity_json")))
         rows.append({"run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"], **parsed})
     columns = [
         Column("run", "run", numeric=False), Column("verdict", "verdict", numeric=False),
@@ -592,7 +613,7 @@ def distributed_table(frame: pd.DataFrame) -> Table:
         global_batch = row["batch_size"] * row["world_size"] * row["grad_accum"]
         single = singles.get((row["task"], row["options"], row["precision"], _plain(row["seed"]), global_batch,
                               row["steps"]))
-        parsed = parse_parity(_plain(row["parity"]), _plain(row["parity_detail"]))
+        parsed = parse_parity(_plain(row["parity"]), _plain(row["parity_detail"]), _plain(row.get("parity_json")))
         entry = {"run": run_name(row), "status": row["status"], "kind": "DDP" if row["world_size"] > 1 else
                  "accumulation", "global_batch": global_batch, "verdict": parsed.get("verdict") or "no verdict",
                  "first_differing_step": parsed.get("first_differing_step"),

@@ -50,6 +50,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("run_id", "run_id"),
     ("error", "tag:error"),
     ("parity_detail", "tag:parity_detail"),
+    ("parity_json", "tag:parity_json"),
 ]
 NUMERIC = {
     "median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "eval_loss",
