@@ -241,7 +241,6 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_bench(args: argparse.Namespace) -> int:
     from harness.plan import check_spec, unsupported_reason
-    from harness.result import result_path
     from harness.runner import run_suite
     from harness.suites import get_suite, load_suite_file
 
@@ -291,7 +290,6 @@ def command_bench(args: argparse.Namespace) -> int:
     args._results = [results[spec.spec_id] for spec in suite.specs]
     args._results_dir = results_dir
     args._suite = suite
-    _ = result_path
     return EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.result import read_result, result_path
+from harness.result import read_result
 from harness.runner import RunOptions, run_spec
 from harness.spec import Spec
 from harness.worker import run_inline
@@ -131,4 +131,3 @@ def test_two_bench_processes_on_one_folder_run_each_spec_once(tmp_path):
     for path in files:
         assert json.loads(path.read_text())["status"] == "ok"
     assert not list(results.glob("*.claim"))
-    _ = result_path
