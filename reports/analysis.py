@@ -140,78 +140,27 @@ def cells(frame: pd.DataFrame, records: Sequence[RunRecord]) -> dict[tuple, Cell
     return found
 
 
-@dataclass(frozen=True)
-class Interval:
-    value: float
-    low: float
-    high: float
-    repeats: int
-    samples: int
-
-
-def bootstrap_medians(groups: list[np.ndarray], rng: np.random.Generator, samples: int) -> np.ndarray:
-    """Two-level bootstrap of the pooled median (repeats with replacement, then steps within each).
-
-    The scheme of ``harness.stats.median_ci``, vectorised: groups are padded to the longest with NaN
-    and each drawn group keeps only its own length, so a suite's worth of cells takes seconds, not minutes.
-    """
-    count = len(groups)
-    sizes = np.array([g.size for g in groups])
-    longest = int(sizes.max())
-    data = np.full((count, longest), np.nan)
-    for index, group in enumerate(groups):
-        data[index, : group.size] = group
-    ragged = bool((sizes != longest).any())
-    out = np.empty(samples)
-    chunk = max(1, 2_000_000 // (count * longest))
-    for start in range(0, samples, chunk):
-        k = min(chunk, samples - start)
-        chosen = rng.integers(0, count, (k, count)) if count > 1 else np.zeros((k, 1), dtype=int)
-        chosen_sizes = sizes[chosen][..., None]
-        index = np.floor(rng.random((k, chosen.shape[1], longest)) * chosen_sizes).astype(int)
-        values = data[chosen[..., None], index]
-        if ragged:
-            values = np.where(np.arange(longest) < chosen_sizes, values, np.nan)
-            out[start : start + k] = np.nanmedian(values.reshape(k, -1), axis=1)
-        else:
-            out[start : start + k] = np.median(values.reshape(k, -1), axis=1)
-    return out
-
-
-def _arrays(groups: Sequence[Sequence[float]]) -> list[np.ndarray]:
-    arrays = [np.asarray([v for v in g if v is not None and math.isfinite(v)], dtype=float) for g in groups]
-    return [a for a in arrays if a.size]
-
-
-def _interval(value: float, draws: np.ndarray, repeats: int, count: int) -> Interval:
-    tail = (1 - stats.CONFIDENCE) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    # As in harness.stats: a percentile interval of tied or tiny data can miss the point estimate;
-    # widen it to contain the estimate rather than print an interval that cannot hold it.
-    return Interval(value, float(min(low, value)), float(max(high, value)), repeats, count)
-
-
-def median_ci(groups: Sequence[Sequence[float]], *, samples: int, seed: int = 0) -> Interval | None:
-    arrays = _arrays(groups)
+def median_ci(groups: Sequence[Sequence[float]], *, samples: int, seed: int = 0) -> stats.Estimate | None:
+    arrays = stats.clean_groups(groups)
     if not arrays:
         return None
     value = float(np.median(np.concatenate(arrays)))
-    draws = bootstrap_medians(arrays, np.random.default_rng(seed), samples)
-    return _interval(value, draws, len(arrays), int(sum(a.size for a in arrays)))
+    draws = stats.bootstrap_medians(arrays, np.random.default_rng(seed), samples)
+    return stats.interval(value, draws, len(arrays), int(sum(a.size for a in arrays)))
 
 
-def compare_ci(candidate, reference, *, samples: int, seed: int = 0) -> tuple[Interval, Interval] | None:
+def compare_ci(candidate, reference, *, samples: int, seed: int = 0) -> tuple[stats.Estimate, stats.Estimate] | None:
     """(ratio, difference) of pooled medians candidate vs reference, both from the same bootstrap draws."""
-    cand, ref = _arrays(candidate), _arrays(reference)
+    cand, ref = stats.clean_groups(candidate), stats.clean_groups(reference)
     if not cand or not ref:
         return None
     cand_median, ref_median = float(np.median(np.concatenate(cand))), float(np.median(np.concatenate(ref)))
     rng = np.random.default_rng(seed)
-    cand_draws, ref_draws = bootstrap_medians(cand, rng, samples), bootstrap_medians(ref, rng, samples)
+    cand_draws, ref_draws = stats.bootstrap_medians(cand, rng, samples), stats.bootstrap_medians(ref, rng, samples)
     repeats, count = min(len(cand), len(ref)), int(sum(a.size for a in cand))
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = _interval(cand_median / ref_median, cand_draws / ref_draws, repeats, count) if ref_median else None
-    difference = _interval(cand_median - ref_median, cand_draws - ref_draws, repeats, count)
+        ratio = stats.interval(cand_median / ref_median, cand_draws / ref_draws, repeats, count) if ref_median else None
+    difference = stats.interval(cand_median - ref_median, cand_draws - ref_draws, repeats, count)
     return ratio, difference
 
 
