@@ -136,6 +136,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_dir: Path | None) 
     parser.add_argument("--results-dir", type=_safe_dir, default=default_dir, help=f"where result files go {where}")
     parser.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds per run (default: 600)")
     parser.add_argument("--warmup", type=int, default=None, help="steps excluded from step statistics")
+    parser.add_argument("--eval-every", type=int, default=None, metavar="N",
+                        help="validate every N steps for time-to-target, outside the measured step time "
+                             "(default: the suite's setting; 0 = only after training)")
     parser.add_argument("--no-weights", action="store_true", help="do not save final weights next to results")
 
 
@@ -174,11 +177,13 @@ def _spec_from_args(args: argparse.Namespace) -> Spec:
     )
 
 
-def _run_options(args: argparse.Namespace, results_dir: Path, warmup: int):
+def _run_options(args: argparse.Namespace, results_dir: Path, warmup: int, eval_every: int = 0):
     from harness.runner import RunOptions
 
     if args.warmup is not None and args.warmup < 0:
         raise SpecError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.eval_every is not None and args.eval_every < 0:
+        raise SpecError(f"--eval-every must be >= 0, got {args.eval_every}")
     nnodes = getattr(args, "nnodes", 1)
     if nnodes < 1:
         raise SpecError(f"--nnodes must be >= 1, got {nnodes}")
@@ -190,6 +195,7 @@ def _run_options(args: argparse.Namespace, results_dir: Path, warmup: int):
         results_dir=results_dir,
         timeout_s=args.timeout,
         warmup=warmup if args.warmup is None else args.warmup,
+        eval_every=eval_every if args.eval_every is None else args.eval_every,
         save_weights=not args.no_weights,
         retry_failed=getattr(args, "retry_failed", False),
     )
@@ -256,7 +262,7 @@ def command_bench(args: argparse.Namespace) -> int:
         index, count = parse_shard(args.shard)
         suite = _replace(suite, specs=shard(suite.specs, index, count))
     results_dir = args.results_dir or DEFAULT_RESULTS / suite.name
-    options = _run_options(args, results_dir, warmup=suite.warmup)
+    options = _run_options(args, results_dir, warmup=suite.warmup, eval_every=suite.eval_every)
     if args.dry_run:
         for spec in suite.specs:
             print(f"{spec.spec_id}  {spec.label}")

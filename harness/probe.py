@@ -5,12 +5,17 @@ CUDA it is an event recorded on the current stream, so the host never waits; eve
 detached loss tensors are resolved once, after training. Losses of micro-batches added
 between two step ends are averaged, so an accumulated step reports the mean loss of its
 micro-batches whatever the adapter.
+
+Periodic evaluation (for time-to-target) runs inside ``step_end`` every ``eval_every`` steps,
+the same harness code for every adapter. Its time is a *pause*: marked before and after, and
+subtracted from every later step end, so step times and the fit clock never include it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +27,8 @@ class Trajectory:
     losses: list[float]
     first_step_wall_ns: int | None
     """Wall-clock (time.time_ns) at the first step end, for start-up time across processes."""
+    evals: list[dict[str, float]] = field(default_factory=list)
+    """Periodic evaluations: ``step`` (steps done), the evaluator's figures and ``eval_s``."""
 
 
 class Probe:
@@ -33,6 +40,24 @@ class Probe:
         self._fit_start_ns: int | None = None
         self._fit_start_event = None
         self._first_step_wall_ns: int | None = None
+        self._eval_every = 0
+        self._evaluate: Callable[[], dict[str, float]] | None = None
+        self._evals: list[dict[str, float]] = []
+        self._pauses: list[tuple[int, object, object]] = []
+        """(steps done when the pause began, start mark, end mark)."""
+
+    def evaluate_every(self, every: int, evaluate: Callable[[], dict[str, float]]) -> None:
+        """Call ``evaluate()`` after every ``every``-th step end, outside the measured time."""
+        if every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {every}")
+        self._eval_every, self._evaluate = every, evaluate
+
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter_ns()
 
     def fit_start(self) -> None:
         """Mark the start of the adapter's fit (called by the worker, outside the loop)."""
@@ -49,16 +74,17 @@ class Probe:
         """An optimizer step just finished; ``loss`` is a shortcut for add_loss + step_end."""
         if loss is not None:
             self._pending.append(loss.detach())
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._ends.append(event)
-        else:
-            self._ends.append(time.perf_counter_ns())
+        self._ends.append(self._mark())
         if self._first_step_wall_ns is None:
             self._first_step_wall_ns = time.time_ns()
         self._step_losses.append(self._pending)
         self._pending = []
+        if self._evaluate is not None and self.steps % self._eval_every == 0:
+            start = self._mark()
+            figures = self._evaluate()  # syncs the device: it reads the metric on the host
+            end = self._mark()
+            self._pauses.append((self.steps, start, end))
+            self._evals.append({"step": self.steps, **figures})
 
     @property
     def steps(self) -> int:
@@ -82,11 +108,26 @@ class Probe:
             torch.cuda.synchronize()
             origin = self._fit_start_event
             ends = [int(origin.elapsed_time(event) * 1e6) for event in self._ends] if origin else []
+            pauses = [(done, int(start.elapsed_time(end) * 1e6)) for done, start, end in self._pauses]
         else:
             origin_ns = self._fit_start_ns if self._fit_start_ns is not None else (self._ends[0] if self._ends else 0)
             ends = [end - origin_ns for end in self._ends]
+            pauses = [(done, end - start) for done, start, end in self._pauses]
+        # A pause after step n delays every later step end: take it off them.
+        paused, shifted = 0, []
+        remaining = iter(pauses)
+        upcoming = next(remaining, None)
+        for index, end in enumerate(ends):
+            while upcoming is not None and upcoming[0] <= index:
+                paused += upcoming[1]
+                upcoming = next(remaining, None)
+            shifted.append(end - paused)
+        evals = [dict(record) for record in self._evals]
+        for record, (_, pause_ns) in zip(evals, pauses, strict=True):
+            record["eval_s"] = pause_ns / 1e9
         return Trajectory(
-            step_end_ns=ends,
+            step_end_ns=shifted,
             losses=[float(v) for v in losses.tolist()],
             first_step_wall_ns=self._first_step_wall_ns,
+            evals=evals,
         )

@@ -35,6 +35,8 @@ class RunOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     warmup: int = 5
     """Steps excluded from step-time statistics."""
+    eval_every: int = 0
+    """Evaluate on the validation set every N steps (time-to-target); 0: only after training."""
     save_weights: bool = True
     python: str = sys.executable
     retry_failed: bool = False
@@ -58,6 +60,8 @@ def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall
         "--warmup",
         str(options.warmup),
     ]
+    if options.eval_every:
+        worker_args += ["--eval-every", str(options.eval_every)]
     if options.save_weights:
         worker_args.append("--save-weights")
     if options.nnodes > 1:

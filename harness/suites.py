@@ -28,6 +28,8 @@ class Suite:
     warmup: int = 5
     """Steps excluded from step statistics in every run of the suite."""
     repeats: int = 1
+    eval_every: int = 0
+    """Validation every N steps in every run, for time-to-target (0: only after training)."""
 
 
 def _spec(task: str, adapter: str, device: str, **fields: Any) -> Spec:
@@ -136,11 +138,11 @@ def get_suite(name: str, device: str) -> Suite:
     return BUILTIN[name](device)
 
 
-SUITE_KEYS = {"name", "description", "warmup", "repeats", "runs"}
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "runs"}
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
-    """A TOML suite: top-level name/description/warmup/repeats and ``[[runs]]`` tables.
+    """A TOML suite: top-level name/description/warmup/repeats/eval_every and ``[[runs]]`` tables.
 
     Each value in a run table may be a list; the run expands to the product of its lists.
     Keys inside ``options`` expand the same way. Missing batch_size/steps/lr come from the task.
@@ -158,7 +160,12 @@ def load_suite_file(path: Path, device: str) -> Suite:
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise SpecError(f"suite name must be letters, digits, '-' or '_', got {name!r}")
     warmup, repeats = document.get("warmup", 5), document.get("repeats", 1)
-    for key, value, low, high in (("warmup", warmup, 0, 10_000), ("repeats", repeats, 1, 100)):
+    eval_every = document.get("eval_every", 0)
+    for key, value, low, high in (
+        ("warmup", warmup, 0, 10_000),
+        ("repeats", repeats, 1, 100),
+        ("eval_every", eval_every, 0, 1_000_000),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise SpecError(f"suite {key} must be an integer from {low} to {high}, got {value!r}")
     runs = document.get("runs")
@@ -171,7 +178,9 @@ def load_suite_file(path: Path, device: str) -> Suite:
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SpecError("suite description must be a string")
-    return Suite(name=name, description=description, specs=specs, warmup=warmup, repeats=repeats)
+    return Suite(
+        name=name, description=description, specs=specs, warmup=warmup, repeats=repeats, eval_every=eval_every
+    )
 
 
 def _axes(table: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -64,6 +64,11 @@ SUMMARY_METRICS = (
     "time_to_first_step_s",
     "steps_completed",
     "warmup_steps",
+    "eval_every",
+    "evals_run",
+    "target_metric",
+    "steps_to_target",
+    "time_to_target_s",
 )
 RUN_STATUS = {"ok": "FINISHED", "failed": "FAILED", "unsupported": "FINISHED"}
 
@@ -403,6 +408,14 @@ def log_result(
         if loss is not None:
             metrics.append(Metric("loss", float(loss), stamp, step))
         metrics.append(Metric("step_time_us", float(duration), stamp, step))
+    # Periodic validation (time-to-target): a curve per run, at the step count it was taken after.
+    for record in trajectory.get("evals", []):
+        done = int(record["step"])
+        stamp = start_ms + int(ends[done - 1] // 1_000_000) if 0 < done <= len(ends) else end_ms
+        for key, name in (("eval_metric", "valid_metric"), ("eval_loss", "valid_loss")):
+            value = record.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics.append(Metric(name, float(value), stamp, done))
     metrics += [Metric(k, v, end_ms, 0) for k, v in summary_metrics(result).items()]
     # MLflow takes at most 100 params and 100 tags and 1000 entities in all per call: the first
     # call carries the params, the tags and as many metrics as fit; the rest go 1000 at a time.

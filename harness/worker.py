@@ -44,6 +44,26 @@ def step_durations_ns(step_end_ns: list[int]) -> list[int]:
     return [end - previous for previous, end in zip([0, *step_end_ns[:-1]], step_end_ns, strict=True)]
 
 
+def time_to_target(
+    evals: list[dict[str, float]], step_end_ns: list[int], target: float | None, higher_is_better: bool
+) -> dict[str, Any]:
+    """Training time (harness evaluation excluded) until the first evaluation that meets the target.
+
+    Resolution is the evaluation interval: the target was met somewhere in the last interval.
+    """
+    if target is None or not evals:
+        return {}
+    figures: dict[str, Any] = {"target_metric": target, "evals_run": len(evals)}
+    for record in evals:
+        value = record.get("eval_metric")
+        if value is not None and (value >= target if higher_is_better else value <= target):
+            step = int(record["step"])
+            figures["steps_to_target"] = step
+            figures["time_to_target_s"] = step_end_ns[step - 1] / 1e9
+            break
+    return figures
+
+
 def summarize(spec: Spec, step_end_ns: list[int], warmup: int) -> dict[str, Any]:
     durations = step_durations_ns(step_end_ns)
     measured = durations[warmup:] if len(durations) > warmup + 1 else durations[1:] or durations
@@ -68,9 +88,15 @@ def peak_memory() -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate(job: Job) -> dict[str, float]:
-    """Validation loss and the task metric over the whole validation set, in eval mode."""
+    """Validation loss and the task metric over the whole validation set, in eval mode.
+
+    Called mid-training too (``--eval-every``): every module's own train/eval flag is put back
+    afterwards, because a library may keep some submodules in eval mode on purpose. It draws no
+    random numbers and updates no state (BatchNorm uses its running statistics in eval mode),
+    so training after it is bit-for-bit what it would have been.
+    """
     model = job.model
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     total_loss, total_metric, count = 0.0, 0.0, 0
     inputs_all, targets_all = job.data.valid.tensors
@@ -85,7 +111,8 @@ def evaluate(job: Job) -> dict[str, float]:
         if job.task.metric_name != "perplexity":
             total_metric += float(job.task.metric(output, targets)) * size
         count += size
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     eval_loss = total_loss / count
     metric = (
         torch.exp(torch.tensor(min(eval_loss, 50.0))).item()
@@ -119,7 +146,9 @@ def _terminate(signum, frame) -> None:
     raise Terminated(f"terminated by {signal.Signals(signum).name} (timeout, or another rank failed)")
 
 
-def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save_weights: bool) -> dict[str, Any]:
+def run(
+    spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save_weights: bool, eval_every: int = 0
+) -> dict[str, Any]:
     result = base_result(spec, status="ok")
     result["timing"] = {"launch_wall_ns": launch_wall_ns, "worker_start_wall_ns": WORKER_START_WALL_NS}
     configure_threads(spec.device)
@@ -189,6 +218,9 @@ def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save
             probe=probe,
             workdir=str(results_dir / "work" / spec.spec_id),
         )
+        eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it
+        if eval_every:
+            probe.evaluate_every(eval_every, lambda: evaluate(job))
         # Reseed right before training: dropout masks and any library RNG use start from the
         # same state in every adapter, whatever building the data consumed.
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
@@ -198,7 +230,13 @@ def run(spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save
         losses = all_reduce_mean(probe.step_losses(), context)
         trajectory = probe.resolve(losses)
         result["trajectory"] = {"step_end_ns": trajectory.step_end_ns, "losses": trajectory.losses}
+        if eval_every:
+            result["trajectory"]["evals"] = trajectory.evals
+            result["summary"]["eval_every"] = eval_every
         result["summary"].update(summarize(spec, trajectory.step_end_ns, warmup))
+        result["summary"].update(
+            time_to_target(trajectory.evals, trajectory.step_end_ns, task.target_metric, task.higher_is_better)
+        )
         if trajectory.first_step_wall_ns is not None:
             result["summary"]["startup_s"] = (trajectory.first_step_wall_ns - launch_wall_ns) / 1e9
         bad = next((i for i, loss in enumerate(trajectory.losses) if not torch.isfinite(torch.tensor(loss))), None)
@@ -249,13 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch-wall-ns", type=int, default=WORKER_START_WALL_NS)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--save-weights", action="store_true")
+    parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     args = parser.parse_args(argv)
     die_with_parent()  # torchrun's ranks must not outlive torchrun
     signal.signal(signal.SIGTERM, _terminate)  # write what we have before going
     spec = Spec.from_dict(json.loads(Path(args.spec).read_text()))
     results_dir = Path(args.results_dir)
     result = run(
-        spec, results_dir, launch_wall_ns=args.launch_wall_ns, warmup=args.warmup, save_weights=args.save_weights
+        spec,
+        results_dir,
+        launch_wall_ns=args.launch_wall_ns,
+        warmup=args.warmup,
+        save_weights=args.save_weights,
+        eval_every=args.eval_every,
     )
     rank = result.pop("_rank", 0)
     if rank == 0:
@@ -267,7 +311,9 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def run_inline(spec: Spec, results_dir: Path, *, warmup: int = 5, save_weights: bool = True) -> dict[str, Any]:
+def run_inline(
+    spec: Spec, results_dir: Path, *, warmup: int = 5, save_weights: bool = True, eval_every: int = 0
+) -> dict[str, Any]:
     """Run a single-process spec inside the calling process and write its result.
 
     For tests and notebooks: it skips the ~5 s interpreter + torch start-up of a fresh worker,
@@ -276,7 +322,14 @@ def run_inline(spec: Spec, results_dir: Path, *, warmup: int = 5, save_weights: 
     """
     if spec.world_size != 1:
         raise ValueError("run_inline runs single-process specs only; use harness.runner for DDP")
-    result = run(spec, Path(results_dir), launch_wall_ns=time.time_ns(), warmup=warmup, save_weights=save_weights)
+    result = run(
+        spec,
+        Path(results_dir),
+        launch_wall_ns=time.time_ns(),
+        warmup=warmup,
+        save_weights=save_weights,
+        eval_every=eval_every,
+    )
     result.pop("_rank", None)
     write_result(result_path(Path(results_dir), spec), result)
     return result
