@@ -91,7 +91,7 @@ def quick(device: str) -> Suite:
     cells.append([_spec("charlm", a, device, mode=m) for a, m in aligned])
     for width in (32, 256, 1024):
         cells.append([_spec("scaling", a, device, mode=m, options={"width": width}) for a, m in aligned])
-    return Suite(name="quick", description=quick.__doc__, specs=_interleave(cells, 1))
+    return Suite(name="quick", description=quick.__doc__, specs=_interleave(cells, 1), eval_every=10)
 
 
 def standard(device: str) -> Suite:
@@ -108,7 +108,7 @@ def standard(device: str) -> Suite:
     cells.append([_spec("digits", a, device, mode=m, grad_accum=2, batch_size=32) for a, m in aligned])
     for width in (16, 64, 256, 1024, 2048):
         cells.append([_spec("scaling", a, device, mode=m, steps=200, options={"width": width}) for a, m in aligned])
-    return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3)
+    return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3, eval_every=10)
 
 
 def cost(device: str) -> Suite:

@@ -43,6 +43,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("fit_s", "metric:fit_s"),
     ("startup_s", "metric:startup_s"),
     ("warmup_steps", "metric:warmup_steps"),
+    ("eval_every", "metric:eval_every"),
+    ("evals_run", "metric:evals_run"),
+    ("steps_to_target", "metric:steps_to_target"),
+    ("time_to_target_s", "metric:time_to_target_s"),
     ("weights_digest", "tag:weights_digest"),
     ("library", "tag:library"),
     ("library_version", "tag:library_version"),
@@ -54,9 +58,12 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 NUMERIC = {
     "median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "eval_loss",
-    "wall_s", "fit_s", "startup_s", "lr",
+    "wall_s", "fit_s", "startup_s", "lr", "time_to_target_s",
 }
-INTEGER = {"world_size", "grad_accum", "batch_size", "steps", "seed", "repeat", "warmup_steps"}
+INTEGER = {
+    "world_size", "grad_accum", "batch_size", "steps", "seed", "repeat", "warmup_steps", "eval_every", "evals_run",
+    "steps_to_target",
+}
 SORT = [
     "task", "options", "precision", "world_size", "grad_accum", "adapter_order", "adapter", "mode", "seed", "repeat",
     "batch_size", "steps", "lr", "spec_id", "run_id",

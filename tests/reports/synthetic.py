@@ -11,7 +11,7 @@ import torch
 
 from harness.result import base_result, result_path, validate_result, write_result
 from harness.spec import Spec
-from harness.worker import summarize
+from harness.worker import summarize, time_to_target
 
 ENVIRONMENT = {
     "python": "3.11.2",
@@ -45,8 +45,14 @@ def make_result(
     warmup: int = 2,
     digest: str | None = None,
     launch_ns: int = 1_763_000_000_000_000_000,
+    evals: list[tuple[int, float]] | None = None,
+    target: float | None = None,
 ) -> dict[str, Any]:
-    """A result as the worker writes it; ``step_us`` are the per-step durations (the first from fit start)."""
+    """A result as the worker writes it; ``step_us`` are the per-step durations (the first from fit start).
+
+    ``evals`` are periodic validations (steps done, metric) as ``--eval-every`` records them; with a
+    ``target`` the summary gets the worker's own time-to-target figures.
+    """
     result = base_result(spec, status=status, error=None if status == "ok" else f"synthetic {status} run")
     style, library = LIBRARIES.get(spec.adapter, ("callback", spec.adapter))
     result["adapter"] = {"name": spec.adapter, "style": style, "library": library,
@@ -64,6 +70,13 @@ def make_result(
             final_loss=float(losses[-1]), eval_loss=float(losses[-1]) + 0.01, eval_metric=0.5,
             peak_memory_bytes=300 * 2**20, wall_s=3.0 + ends[-1] / 1e9, startup_s=2.0,
         )
+        if evals:
+            records = [
+                {"step": step, "eval_metric": metric, "eval_loss": 1.0, "eval_s": 0.01} for step, metric in evals
+            ]
+            result["trajectory"]["evals"] = records
+            result["summary"]["eval_every"] = evals[0][0]
+            result["summary"].update(time_to_target(records, ends, target, True))
         result["weights_digest"] = digest or hashlib.sha256(repr(losses).encode()).hexdigest()
     else:
         result["summary"] = {"wall_s": 1.0, "peak_memory_bytes": 100 * 2**20}
