@@ -84,6 +84,7 @@ def capture(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": load_average(),
         "packages": {name: package_version(name) for name in (*CORE_PACKAGES, *extra_packages)},
         "env": {name: os.environ[name] for name in ALLOWED_ENV if name in os.environ},
     }
@@ -91,6 +92,18 @@ def capture(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
         environment["driver"] = _nvidia_driver()
     environment.update(git_state())
     return environment
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages when the run ends (the run's own threads included).
+
+    Evidence of contention: on a 2-core machine a lone run with 2 threads reads about 2; much more
+    means something else was running while this one was timed.
+    """
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _nvidia_driver() -> str | None:
