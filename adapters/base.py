@@ -80,6 +80,9 @@ class Adapter:
     """Whether the adapter can run under torchrun with world size > 1."""
     environment: ClassVar[str | None] = None
     """An isolated environment its workers run in (``envs/<name>.txt``, see harness.envs); None: the main one."""
+    variant_requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Extra pins for ``<name>@<version>`` environments: PEP 440 specifier → pip requirements, each
+    added when the requested version matches it (e.g. ``{"<2.4": ("setuptools<81",)}``)."""
 
     def check(self, *, task: Task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
         """Why this adapter cannot run the spec, or None when it can. Called before launching."""

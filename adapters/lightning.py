@@ -25,10 +25,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from adapters.base import Adapter, Job
+
+try:  # Lightning >= 2.1 (2.4's plugins.precision exports only this name)
+    from lightning.pytorch.plugins.precision import MixedPrecision
+except ImportError:  # Lightning 2.0 (lightning@2.0.x) knows the same plugin only by its old name
+    from lightning.pytorch.plugins.precision import MixedPrecisionPlugin as MixedPrecision
 
 # The harness's precision names → Lightning's own ``Trainer(precision=...)`` values.
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16-mixed": "bf16-mixed", "fp16-mixed": "16-mixed"}
@@ -110,6 +114,9 @@ class LightningAdapter(Adapter):
     name = "lightning"
     style = "inheritance"
     library = "lightning"
+    # ``lightning@<version>`` (harness.envs.variant_spec): Lightning before 2.4 declares its
+    # namespace packages with ``pkg_resources``, which setuptools 81 removed.
+    variant_requirements = {"<2.4": ("setuptools<81",)}
 
     def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
         # Measured on CPU (notes/issue-4.md): aligned runs are bitwise equal to native in fp32 and

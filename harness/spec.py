@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -23,12 +24,46 @@ class SpecError(ValueError):
     """A spec that cannot run; the message is one line meant for the user."""
 
 
+_NUMBER = r"(?:0|[1-9][0-9]*)"
+VERSION_PATTERN = re.compile(
+    rf"{_NUMBER}(?:\.{_NUMBER})*(?:(?:a|b|rc){_NUMBER})?(?:\.post{_NUMBER})?(?:\.dev{_NUMBER})?"
+    r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?"
+)
+"""A PEP 440 version in its canonical (normalized) form, without an epoch ('!' is hostile to shells):
+it becomes a pip pin and a folder name."""
+ADAPTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_VERSION_LENGTH = 64
+
+
+def split_adapter(name: str) -> tuple[str, str | None]:
+    """``"lightning@2.1.4"`` → ``("lightning", "2.1.4")``; a plain name → ``(name, None)``.
+
+    An adapter name may carry the version of its library to run (issue 11: a version matrix).
+    The version must be a PEP 440 version written in canonical form (``2.1.4``, ``2.0.9.post0``,
+    ``2.3.0rc1``): it ends up in a pip requirement and an environment folder name, and one
+    spelling per version keeps one spec id per version.
+    """
+    base, at, version = name.partition("@")
+    if not at:
+        return name, None
+    if not ADAPTER_NAME_PATTERN.fullmatch(base):
+        raise SpecError(f"adapter {name!r}: an adapter name (letters, digits, '_', '.', '-') must come before '@'")
+    if not version:
+        raise SpecError(f"adapter {name!r}: a version must follow '@' (e.g. {base}@2.1.4)")
+    if len(version) > MAX_VERSION_LENGTH or not VERSION_PATTERN.fullmatch(version):
+        raise SpecError(
+            f"adapter {name!r}: version {version!r} is not a PEP 440 version in canonical form"
+            " (e.g. 2.1.4, 2.0.9.post0, 2.3.0rc1)"
+        )
+    return base, version
+
+
 @dataclass(frozen=True, kw_only=True)
 class Spec:
     task: str
     """Registered task name (``bakeoff list``)."""
     adapter: str
-    """Registered adapter name."""
+    """Registered adapter name, optionally with its library's version: ``lightning@2.1.4``."""
     mode: str = "aligned"
     """``aligned``: the library doing exactly the native loop's math; ``defaults``: as a new user gets it."""
     precision: str = "fp32"
@@ -55,6 +90,7 @@ class Spec:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise SpecError(f"{name} must be a non-empty name, got {value!r}")
+        split_adapter(self.adapter)  # a versioned adapter name ("lightning@2.1.4") must be well formed
         if self.mode not in MODES:
             raise SpecError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
         if self.precision not in PRECISIONS:
