@@ -53,10 +53,16 @@ ui: $(STAMP)
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
-# The report test renders the HTML in Debian's headless Chromium.
+# Debian packages the tests need: Chromium renders the report HTML; PostgreSQL backs the MLflow
+# server of the scale-out test (tests/harness/test_scaleout_postgres.py starts and stops its own
+# cluster; Debian puts initdb/pg_ctl under /usr/lib/postgresql/<version>/bin). One apt-get when
+# something is missing, nothing when both are there.
 test-deps:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report rendering test"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then echo "installing Debian's$$missing for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 test-deep: $(STAMP) test-deps
 	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -q -n 2 --run-slow $(PYTEST_ARGS)
