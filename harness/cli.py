@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_option(bench)
     bench.add_argument("--no-tracking", action="store_true",
                        help="keep results on disk only: no MLflow, no report (log them later with `bakeoff ingest`)")
+    bench.epilog = ("exit status: 0 all specs ran; 1 a spec failed, or the tracking store failed after the suite "
+                    "ran (the result files are kept: log them with `bakeoff ingest DIR`); 2 bad input or an "
+                    "unreachable store before anything ran")
 
     ingest = commands.add_parser("ingest", help="log result files made elsewhere into MLflow (idempotent)")
     ingest.add_argument("results_dir", type=Path, metavar="DIR", help="folder of result files (e.g. results/quick)")
@@ -340,8 +343,8 @@ def command_bench_tracked(args: argparse.Namespace) -> int:
         logged = log_results(args._results, results_dir=args._results_dir, suite=args._suite.name, uri=uri,
                              command="bench")
     except TrackingError as error:
-        print(f"bakeoff: error: {error}", file=sys.stderr)
-        print(f"bakeoff: the results are intact in {args._results_dir}; log them later with "
+        # One line: the suite ran and its result files are on disk; only the logging is left to do.
+        print(f"bakeoff: error: {error}; the results are intact in {args._results_dir}: log them later with "
               f"`bakeoff ingest {args._results_dir}`", file=sys.stderr)
         return EXIT_FAILED
     print(f"mlflow: {len(logged.logged)} runs logged, {len(logged.existing)} already there, in {logged.seconds:.1f} s "
@@ -377,8 +380,10 @@ def command_ingest(args: argparse.Namespace) -> int:
         print(f"bakeoff: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     parent = f" under parent run {logged.parent_run_id}" if logged.parent_run_id else ""
+    extra = "".join([f", {logged.parity_filled} parity verdicts filled in" if logged.parity_filled else "",
+                     f", {logged.deleted_incomplete} half-logged runs replaced" if logged.deleted_incomplete else ""])
     print(f"ingested {folder}: {len(logged.logged)} new runs{parent}, {len(logged.existing)} already in {uri} "
-          f"(experiment id {logged.experiment_id}, {logged.seconds:.1f} s)")
+          f"(experiment id {logged.experiment_id}, {logged.seconds:.1f} s){extra}")
     return EXIT_OK
 
 

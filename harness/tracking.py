@@ -12,6 +12,16 @@ Idempotency: each child run carries ``bakeoff.spec_id`` and ``bakeoff.result_dig
 result's canonical JSON); a result whose (spec id, digest) pair is already in the experiment is not
 logged again. A changed result for the same spec (e.g. ``--retry-failed``) gets a new run, and
 reports take the newest run per spec.
+
+A store that dies part-way through logging a run leaves no half run that counts: a run is tagged
+``bakeoff.kind = incomplete`` until its last write, which sets ``result``; the next ``ingest`` logs
+that result again in full and deletes the incomplete run.
+
+Parity across invocations: shards of one suite (``bench --shard i/n``) log separately, so a
+candidate and its native reference may arrive in the experiment from different processes. Each
+invocation compares its results with the partner runs already in the experiment (their
+``result.json`` artifacts; weights when the results folder is shared, else the weights digests)
+and, after logging, fills in the verdicts of runs that had no reference when they were logged.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 ARTIFACTS_FOLDER = "mlartifacts"
 EXPERIMENT_PREFIX = "bakeoff-"
 TAG = "bakeoff."
-KIND_RESULT, KIND_INVOCATION = "result", "invocation"
+KIND_RESULT, KIND_INVOCATION, KIND_INCOMPLETE = "result", "invocation", "incomplete"
 INVOCATION_ARTIFACT = "invocation.json"
 
 # MLflow's limits (mlflow.utils.validation); restated so the module imports without mlflow.
@@ -208,6 +218,17 @@ def step_times_us(step_end_ns: list[int]) -> list[float]:
     return [(end - previous) / 1e3 for previous, end in zip([0, *step_end_ns[:-1]], step_end_ns)]
 
 
+def eval_histories(trajectory: Mapping[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """Periodic validation (time-to-target) as per-step metric curves, keyed by steps done."""
+    histories: dict[str, list[tuple[int, float]]] = {}
+    for record in trajectory.get("evals", []):
+        for key, name in (("eval_metric", "valid_metric"), ("eval_loss", "valid_loss")):
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                histories.setdefault(name, []).append((int(record["step"]), float(value)))
+    return histories
+
+
 def summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     summary = result.get("summary", {})
     metrics = {}
@@ -314,21 +335,26 @@ def parity_reference(candidate: Mapping[str, Any], results: Iterable[Mapping[str
     return best
 
 
-def parity_verdicts(results: list[Mapping[str, Any]], results_dir: Path) -> dict[str, Any]:
-    """spec_id → parity Verdict for every result that has a native reference in ``results``."""
-    from harness.parity import compare_files
+def parity_verdict(reference: Mapping[str, Any], candidate: Mapping[str, Any], results_dir: Path) -> Any:
+    """The Verdict of ``candidate`` against ``reference``, weights loaded from ``results_dir`` when there."""
+    from harness.parity import Verdict, compare_files
 
+    try:
+        return compare_files(reference, candidate, results_dir)
+    except (ValueError, KeyError, OSError) as error:
+        return Verdict(verdict="not-comparable", reason=f"comparison failed: {error}")
+
+
+def parity_verdicts(
+    results: list[Mapping[str, Any]], results_dir: Path, pool: list[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """spec_id → parity Verdict for every result that has a native reference in ``pool`` (default ``results``)."""
+    pool = list(results) if pool is None else pool
     verdicts = {}
     for result in results:
-        reference = parity_reference(result, results)
-        if reference is None:
-            continue
-        try:
-            verdicts[result["spec_id"]] = compare_files(reference, result, results_dir)
-        except (ValueError, KeyError, OSError) as error:
-            from harness.parity import Verdict
-
-            verdicts[result["spec_id"]] = Verdict(verdict="not-comparable", reason=f"comparison failed: {error}")
+        reference = parity_reference(result, pool)
+        if reference is not None:
+            verdicts[result["spec_id"]] = parity_verdict(reference, result, results_dir)
     return verdicts
 
 
@@ -344,6 +370,10 @@ class LogReport:
     existing: dict[str, str] = field(default_factory=dict)
     """spec_id → run id of results that were already in the store."""
     seconds: float = 0.0
+    parity_filled: int = 0
+    """Runs (of this or an earlier invocation) whose parity verdict was set after logging."""
+    deleted_incomplete: int = 0
+    """Half-written runs from a store that died mid-logging, deleted now that their result is in full."""
 
     @property
     def run_ids(self) -> dict[str, str]:
@@ -355,19 +385,119 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
-def existing_results(mlflow_client, experiment_id: str) -> dict[tuple[str, str], Any]:
-    """(spec_id, result_digest) → run for every bakeoff result run in the experiment."""
-    found, token = {}, None
+def search_kind(mlflow_client, experiment_id: str, kind: str) -> list[Any]:
+    """Every active run of the experiment tagged ``bakeoff.kind = kind``."""
+    runs, token = [], None
     while True:
         page = mlflow_client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG}kind` = '{KIND_RESULT}'", max_results=5000, page_token=token
+            [experiment_id], filter_string=f"tags.`{TAG}kind` = '{kind}'", max_results=5000, page_token=token
         )
-        for run in page:
-            tags = run.data.tags
-            found[(tags.get(TAG + "spec_id"), tags.get(TAG + "result_digest"))] = run
+        runs += list(page)
         token = page.token
         if not token:
-            return found
+            return runs
+
+
+def _key(run) -> tuple[str | None, str | None]:
+    tags = run.data.tags
+    return tags.get(TAG + "spec_id"), tags.get(TAG + "result_digest")
+
+
+def existing_results(mlflow_client, experiment_id: str) -> dict[tuple[str, str], Any]:
+    """(spec_id, result_digest) → run for every completely logged bakeoff result run in the experiment."""
+    return {_key(run): run for run in search_kind(mlflow_client, experiment_id, KIND_RESULT)}
+
+
+def partner_runs(results: list[Mapping[str, Any]], runs: Iterable[Any]) -> list[Any]:
+    """The newest run of each other spec that may be a parity reference of ``results`` or have one among them.
+
+    A cheap filter on the tags (same task and precision; a native aligned run, unless ``results``
+    hold one); ``parity_reference`` decides on the full specs.
+    """
+    ours = {r["spec_id"] for r in results}
+    cells = {(r["spec"]["task"], r["spec"]["precision"]) for r in results}
+    ours_native = any(r["spec"]["adapter"] == "native" and r["spec"]["mode"] == "aligned" for r in results)
+    newest: dict[str, Any] = {}
+    for run in runs:
+        tags = run.data.tags
+        spec_id = tags.get(TAG + "spec_id")
+        if spec_id in ours or (tags.get(TAG + "task"), tags.get(TAG + "precision")) not in cells:
+            continue
+        if not ours_native and (tags.get(TAG + "adapter"), tags.get(TAG + "mode")) != ("native", "aligned"):
+            continue
+        current = newest.get(spec_id)
+        if current is None or (run.info.start_time or 0, run.info.run_id) > (
+            current.info.start_time or 0,
+            current.info.run_id,
+        ):
+            newest[spec_id] = run
+    return list(newest.values())
+
+
+def stored_results(mlflow_client, runs: list[Any], cache: dict[str, Any]) -> dict[str, Any]:
+    """spec_id → the result a run holds (its ``result.json`` artifact), read once per run id."""
+    out = {}
+    for run in runs:
+        run_id = run.info.run_id
+        if run_id not in cache:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                with tempfile.TemporaryDirectory(prefix="bakeoff-partner-") as folder:
+                    path = mlflow_client.download_artifacts(run_id, "result.json", folder)
+                    cache[run_id] = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (MlflowException, OSError, ValueError):
+                cache[run_id] = None  # a run without a readable result.json cannot be compared
+        if cache[run_id] is not None:
+            out[run.data.tags[TAG + "spec_id"]] = cache[run_id]
+    return out
+
+
+def set_parity(mlflow_client, run_id: str, result: Mapping[str, Any], verdict: Any) -> None:
+    """Write a verdict onto a logged run: the same tags (and note) ``tags_of`` gives a run logged with it."""
+    tags = tags_of(result, suite="", digest="", parity=verdict)
+    secrets = secret_values()
+    for name in (TAG + "parity", TAG + "parity_detail", TAG + "parity_json", "mlflow.note.content"):
+        mlflow_client.set_tag(run_id, name, redact(tags[name], secrets))
+
+
+def reconcile_parity(
+    mlflow_client,
+    experiment_id: str,
+    results: list[Mapping[str, Any]],
+    results_dir: Path,
+    logged_now: Iterable[str],
+    cache: dict[str, Any],
+) -> int:
+    """Verdicts across invocations, after this one logged its runs; returns how many runs got one.
+
+    A run gets a verdict when its reference is in the experiment and it has none (it was logged
+    before its reference, by another shard), or when its reference was logged just now. A verdict
+    between two of ``results`` was written when the run was logged.
+    """
+    complete = existing_results(mlflow_client, experiment_id)
+    ours = {r["spec_id"]: r for r in results}
+    run_of = {spec_id: complete[(spec_id, result_digest(r))] for spec_id, r in ours.items()
+              if (spec_id, result_digest(r)) in complete}
+    partners = partner_runs(results, complete.values())
+    run_of.update({run.data.tags[TAG + "spec_id"]: run for run in partners})
+    theirs = stored_results(mlflow_client, partners, cache)
+    pool = [*results, *theirs.values()]
+    logged_now = set(logged_now)
+    filled = 0
+    for candidate in pool:
+        reference = parity_reference(candidate, pool)
+        if reference is None or (candidate["spec_id"] in ours and reference["spec_id"] in ours):
+            continue
+        run = run_of.get(candidate["spec_id"])
+        if run is None or (TAG + "parity" in run.data.tags and reference["spec_id"] not in logged_now):
+            continue
+        verdict = parity_verdict(reference, candidate, results_dir)
+        if run.data.tags.get(TAG + "parity_json") == json.dumps(verdict.to_dict()):
+            continue
+        set_parity(mlflow_client, run.info.run_id, candidate, verdict)
+        filled += 1
+    return filled
 
 
 def log_result(
@@ -394,6 +524,7 @@ def log_result(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     tags = {k: redact(v, secrets) for k, v in tags.items()}
+    tags[TAG + "kind"] = KIND_INCOMPLETE  # becomes KIND_RESULT with the run's last write
     label = tags[TAG + "label"] + ("" if result["status"] == "ok" else f" ({result['status']})")
     run = mlflow_client.create_run(experiment_id, start_time=start_ms, run_name=label)
     run_id = run.info.run_id
@@ -408,14 +539,10 @@ def log_result(
         if loss is not None:
             metrics.append(Metric("loss", float(loss), stamp, step))
         metrics.append(Metric("step_time_us", float(duration), stamp, step))
-    # Periodic validation (time-to-target): a curve per run, at the step count it was taken after.
-    for record in trajectory.get("evals", []):
-        done = int(record["step"])
-        stamp = start_ms + int(ends[done - 1] // 1_000_000) if 0 < done <= len(ends) else end_ms
-        for key, name in (("eval_metric", "valid_metric"), ("eval_loss", "valid_loss")):
-            value = record.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                metrics.append(Metric(name, float(value), stamp, done))
+    for name, history in eval_histories(trajectory).items():
+        for done, value in history:
+            stamp = start_ms + int(ends[done - 1] // 1_000_000) if 0 < done <= len(ends) else end_ms
+            metrics.append(Metric(name, value, stamp, done))
     metrics += [Metric(k, v, end_ms, 0) for k, v in summary_metrics(result).items()]
     # MLflow takes at most 100 params and 100 tags and 1000 entities in all per call: the first
     # call carries the params, the tags and as many metrics as fit; the rest go 1000 at a time.
@@ -452,6 +579,9 @@ def log_result(
             (Path(folder) / name).write_text(redact(text, secrets), encoding="utf-8")
         mlflow_client.log_artifacts(run_id, folder)
     mlflow_client.set_terminated(run_id, status=RUN_STATUS[result["status"]], end_time=max(end_ms, start_ms))
+    # Last: only now does the run count as logged (existing_results, reports). A store that died
+    # before this write leaves an `incomplete` run, which the next ingest replaces.
+    mlflow_client.set_tag(run_id, TAG + "kind", KIND_RESULT)
     return run_id
 
 
@@ -476,7 +606,10 @@ def log_results(
         mlflow_client = client(uri)
         experiment_id = get_or_create_experiment(mlflow_client, experiment_name(experiment or suite), uri)
         known = existing_results(mlflow_client, experiment_id)
-        verdicts = parity_verdicts(list(results), results_dir)
+        incomplete = search_kind(mlflow_client, experiment_id, KIND_INCOMPLETE)
+        cache: dict[str, Any] = {}
+        theirs = stored_results(mlflow_client, partner_runs(results, known.values()), cache)
+        verdicts = parity_verdicts(list(results), results_dir, pool=[*results, *theirs.values()])
         report = LogReport(experiment_id=experiment_id, parent_run_id=None)
         pending = []
         for result in results:
@@ -488,68 +621,90 @@ def log_results(
             report.existing[result["spec_id"]] = run.info.run_id
             verdict = verdicts.get(result["spec_id"])
             if verdict is not None and run.data.tags.get(TAG + "parity") != verdict.verdict:
-                mlflow_client.set_tag(run.info.run_id, TAG + "parity", verdict.verdict)
-                mlflow_client.set_tag(run.info.run_id, TAG + "parity_detail", _clip(verdict.describe(), MAX_TAG_VALUE))
-                mlflow_client.set_tag(run.info.run_id, TAG + "parity_json", json.dumps(verdict.to_dict()))
-        if not pending and command == "ingest":
-            report.seconds = time.perf_counter() - started
-            return report
-        secrets = secret_values()
-        git = git_state()
-        parent = mlflow_client.create_run(
-            experiment_id,
-            run_name=f"{command} {suite} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC",
-            tags={
-                TAG + "kind": KIND_INVOCATION,
-                TAG + "command": command,
-                TAG + "suite": suite,
-                TAG + "results_dir": redact(str(results_dir), secrets),
-                TAG + "git_sha": str(git.get("git_sha")),
-                TAG + "git_dirty": json.dumps(git.get("git_dirty")),
-            },
-        )
-        report.parent_run_id = parent.info.run_id
-        for index, (result, digest) in enumerate(pending, start=1):
-            run_id = log_result(
-                mlflow_client,
-                experiment_id,
-                result,
-                suite=suite,
-                parent_run_id=report.parent_run_id,
-                parity=verdicts.get(result["spec_id"]),
-                digest=digest,
-                secrets=secrets,
-            )
-            report.logged[result["spec_id"]] = run_id
-            if progress:
-                progress(f"[{index}/{len(pending)}] logged {result['spec_id']} as run {run_id}")
-        from mlflow.entities import Metric
-
-        counts: dict[str, int] = {}
-        for result in results:
-            counts[result["status"]] = counts.get(result["status"], 0) + 1
-        now = int(time.time() * 1000)
-        mlflow_client.log_batch(
-            report.parent_run_id,
-            metrics=[Metric(f"runs_{status}", float(n), now, 0) for status, n in sorted(counts.items())]
-            + [Metric("runs_logged_now", float(len(report.logged)), now, 0)],
-        )
-        invocation = {
-            "suite": suite,
-            "command": command,
-            "spec_ids": [r["spec_id"] for r in results],
-            "runs": report.run_ids,
-        }
-        with tempfile.TemporaryDirectory(prefix="bakeoff-invocation-") as folder:
-            (Path(folder) / INVOCATION_ARTIFACT).write_text(json.dumps(invocation, indent=1, sort_keys=True))
-            mlflow_client.log_artifacts(report.parent_run_id, folder)
-        mlflow_client.set_terminated(report.parent_run_id, status="FINISHED")
+                set_parity(mlflow_client, run.info.run_id, result, verdict)
+        if pending or command != "ingest":
+            _log_invocation(mlflow_client, experiment_id, results, pending, verdicts, report,
+                            results_dir=results_dir, suite=suite, command=command, progress=progress)
+        report.parity_filled = reconcile_parity(mlflow_client, experiment_id, list(results), results_dir,
+                                                report.logged, cache)
+        # Runs a dead store left half-written, now that their result is in the store in full.
+        complete = set(known) | {(r["spec_id"], result_digest(r)) for r in results if r["spec_id"] in report.logged}
+        for run in incomplete:
+            if _key(run) in complete:
+                mlflow_client.delete_run(run.info.run_id)
+                report.deleted_incomplete += 1
     except TrackingError:
         raise
     except Exception as error:
         raise TrackingError(f"logging to {uri} failed ({type(error).__name__}: {_first_line(error)})") from error
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _log_invocation(
+    mlflow_client,
+    experiment_id: str,
+    results: list[Mapping[str, Any]],
+    pending: list[tuple[Mapping[str, Any], str]],
+    verdicts: dict[str, Any],
+    report: LogReport,
+    *,
+    results_dir: Path,
+    suite: str,
+    command: str,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """The invocation's parent run and a child run per pending result, filling ``report``."""
+    secrets = secret_values()
+    git = git_state()
+    parent = mlflow_client.create_run(
+        experiment_id,
+        run_name=f"{command} {suite} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC",
+        tags={
+            TAG + "kind": KIND_INVOCATION,
+            TAG + "command": command,
+            TAG + "suite": suite,
+            TAG + "results_dir": redact(str(results_dir), secrets),
+            TAG + "git_sha": str(git.get("git_sha")),
+            TAG + "git_dirty": json.dumps(git.get("git_dirty")),
+        },
+    )
+    report.parent_run_id = parent.info.run_id
+    for index, (result, digest) in enumerate(pending, start=1):
+        run_id = log_result(
+            mlflow_client,
+            experiment_id,
+            result,
+            suite=suite,
+            parent_run_id=report.parent_run_id,
+            parity=verdicts.get(result["spec_id"]),
+            digest=digest,
+            secrets=secrets,
+        )
+        report.logged[result["spec_id"]] = run_id
+        if progress:
+            progress(f"[{index}/{len(pending)}] logged {result['spec_id']} as run {run_id}")
+    from mlflow.entities import Metric
+
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        report.parent_run_id,
+        metrics=[Metric(f"runs_{status}", float(n), now, 0) for status, n in sorted(counts.items())]
+        + [Metric("runs_logged_now", float(len(report.logged)), now, 0)],
+    )
+    invocation = {
+        "suite": suite,
+        "command": command,
+        "spec_ids": [r["spec_id"] for r in results],
+        "runs": report.run_ids,
+    }
+    with tempfile.TemporaryDirectory(prefix="bakeoff-invocation-") as folder:
+        (Path(folder) / INVOCATION_ARTIFACT).write_text(json.dumps(invocation, indent=1, sort_keys=True))
+        mlflow_client.log_artifacts(report.parent_run_id, folder)
+    mlflow_client.set_terminated(report.parent_run_id, status="FINISHED")
 
 
 def read_result_dir(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
