@@ -82,19 +82,23 @@ def suite_results(tmp_path_factory, planted_secret):
     return folder, build_suite_results(folder)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real tracking server on a free local port, stopped by its own process id (and its group)."""
-    root = tmp_path_factory.mktemp("server")
-    port = _free_port()
+@contextlib.contextmanager
+def running_mlflow_server(backend_uri: str, root: Path, port: int | None = None):
+    """``mlflow server`` on 127.0.0.1 (a free port unless given) over ``backend_uri``; yields its URI.
+
+    One worker and no GenAI job runner (it would start seven more processes on a two-core machine).
+    Stopped by its own process group (its id is the server's PID: uvicorn's worker goes too), always.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
     command = [
         str(Path(sys.executable).with_name("mlflow")), "server",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
+        "--backend-store-uri", backend_uri,
         "--default-artifact-root", str(root / "artifacts"),
     ]
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
-    # No GenAI job runner: it would start seven more processes on a two-core machine.
+    log_path = root / f"server-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed after the server stops
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, env=env
@@ -110,18 +114,31 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"mlflow server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         yield uri
     finally:
-        # The server's own process group (its id is the server's PID): uvicorn's worker goes too.
-        os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # whatever ignored SIGTERM
-        process.wait()
+        stop_process_group(process)
         log.close()
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process's own group, SIGKILL to whatever ignored it; reaped either way."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server on a free local port over a SQLite store."""
+    root = tmp_path_factory.mktemp("server")
+    with running_mlflow_server(f"sqlite:///{root / 'db.sqlite'}", root) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
