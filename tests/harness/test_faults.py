@@ -1,9 +1,16 @@
 """Faults survived with nothing lost (issue 9): dead ranks, OOM, library-callback exceptions,
-a killed orchestrator, and two bench processes on one results folder."""
+a killed orchestrator, and two bench processes on one results folder.
+
+Every `failed` result of a fault is also logged to MLflow and read back as a FAILED run with the
+reason as a tag and the partial trajectory as metrics (``assert_failed_run``), into one SQLite store
+for the module. The worker killed by SIGKILL, the NaN loss and the hang are run here once more for
+that (tests/harness/test_runner.py checks their results on disk).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import tracking
 from harness.result import read_result
-from harness.runner import RunOptions, run_spec
+from harness.runner import RunOptions, run_spec, run_suite
 from harness.spec import Spec
 from harness.worker import run_inline
 from tests.conftest import REPO_ROOT, small_spec
@@ -32,7 +40,37 @@ def no_workers_left(results_dir: Path, wait_s: float = 10.0) -> bool:
     return False
 
 
-def test_a_killed_ddp_rank_fails_the_run_with_rank0s_partial_trajectory(tmp_path):
+@pytest.fixture(scope="module")
+def fault_store(tmp_path_factory) -> str:
+    """One SQLite store for the module's FAILED runs (creating a store's schema costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('fault-store') / 'mlflow.db'}"
+
+
+def assert_failed_run(result: dict, results_dir: Path, uri: str) -> None:
+    """Logging the result gives one FAILED MLflow run: the reason as tag and note, the partial trajectory as metrics."""
+    assert result["status"] == "failed"
+    suite = f"fault-{result['spec']['adapter']}-{result['spec_id'][:8]}"
+    logged = tracking.log_results([result], results_dir=results_dir, suite=suite, uri=uri, command="ingest")
+    (run_id,) = logged.logged.values()
+    mlflow_client = tracking.client(uri)
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    tags = run.data.tags
+    assert tags["bakeoff.status"] == "failed" and tags["bakeoff.kind"] == "result"
+    assert tags["bakeoff.error"] == result["error"] and result["error"]
+    assert tags["mlflow.note.content"] == f"failed: {result['error']}"
+    assert run.data.params == tracking.params_of(result["spec"])
+    losses = result["trajectory"]["losses"]
+    history = sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run_id, "loss"))
+    # Every recorded loss, NaN included (MLflow stores it as NaN); nothing beyond what the worker recorded.
+    assert [step for step, _ in history] == [i for i, loss in enumerate(losses) if loss is not None]
+    for (_, value), loss in zip(history, [v for v in losses if v is not None]):
+        assert value == loss or (math.isnan(value) and math.isnan(loss))
+    steps = mlflow_client.get_metric_history(run_id, "step_time_us")
+    assert len(steps) == len(result["trajectory"]["step_end_ns"])
+
+
+def test_a_killed_ddp_rank_fails_the_run_with_rank0s_partial_trajectory(tmp_path, fault_store):
     spec = small_spec(adapter="fault-kill-rank1", world_size=2, steps=8)
     result = run_spec(spec, RunOptions(results_dir=tmp_path, timeout_s=120, save_weights=False))
     assert result["status"] == "failed"
@@ -41,6 +79,7 @@ def test_a_killed_ddp_rank_fails_the_run_with_rank0s_partial_trajectory(tmp_path
     assert "gloo/transport/tcp" in result["error"] or "terminated by SIGTERM" in result["error"]
     assert 2 <= len(result["trajectory"]["losses"]) <= 3
     assert no_workers_left(tmp_path)
+    assert_failed_run(read_result(tmp_path / f"{spec.spec_id}.json"), tmp_path, fault_store)
 
 
 @pytest.mark.parametrize(
@@ -50,11 +89,35 @@ def test_a_killed_ddp_rank_fails_the_run_with_rank0s_partial_trajectory(tmp_path
         ("fault-lightning-callback", "planted failure inside a Lightning callback"),
     ],
 )
-def test_oom_and_callback_exceptions_become_failed_results_with_partial_trajectory(inline, adapter, message):
-    result = inline(small_spec(adapter=adapter, steps=6))
+def test_oom_and_callback_exceptions_become_failed_results_with_partial_trajectory(
+    inline, adapter, message, fault_store
+):
+    spec = small_spec(adapter=adapter, steps=6)
+    result = inline(spec)
     assert result["status"] == "failed"
     assert message in result["error"]
     assert len(result["trajectory"]["losses"]) == 2
+    assert_failed_run(read_result(inline.results_dir / f"{spec.spec_id}.json"), inline.results_dir, fault_store)
+
+
+def test_killed_hung_and_nan_workers_become_failed_mlflow_runs(tmp_path, inline, fault_store):
+    """SIGKILL and a hang in real worker processes (the hang stopped by the timeout), NaN in-process."""
+    hang_timeout_s = 20  # the worker reaches its hang (step 2) in about 5 s, well within this on a busy machine
+    specs = [small_spec(adapter="fault-kill", steps=6), small_spec(adapter="fault-hang", steps=6)]
+    killed, hung = run_suite(specs, RunOptions(results_dir=tmp_path, timeout_s=hang_timeout_s, save_weights=False))
+    nan = inline(small_spec(adapter="fault-nan", steps=6))
+    assert no_workers_left(tmp_path)
+
+    assert killed["error"] == "killed by signal SIGKILL without a result"
+    # SIGKILL leaves the worker no moment to write: its trajectory died with it, so the run has none.
+    assert killed["trajectory"]["losses"] == []
+    assert hung["error"] == f"timed out after {hang_timeout_s} s"
+    assert len(hung["trajectory"]["losses"]) == 2  # written by the worker on the timeout's SIGTERM
+    assert nan["error"].startswith("non-finite loss") and "at step 2" in nan["error"]
+    losses = nan["trajectory"]["losses"]  # the loop runs on; every loss from the poisoned step 2 is NaN
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses[:2]) and all(math.isnan(v) for v in losses[2:])
+    for result, folder in ((killed, tmp_path), (hung, tmp_path), (nan, inline.results_dir)):
+        assert_failed_run(read_result(folder / f"{result['spec_id']}.json"), folder, fault_store)
 
 
 def suite_file(tmp_path: Path, steps: int = 30) -> Path:
