@@ -567,7 +567,7 @@ def log_result(
             profile=json.dumps(profile, sort_keys=True),
         )
         train = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
-        mlflow_client.log_inputs(run_id, datasets=[train])
+        _log_inputs(mlflow_client, run_id, [train])
 
     with tempfile.TemporaryDirectory(prefix="bakeoff-artifacts-") as folder:
         files = {
@@ -583,6 +583,24 @@ def log_result(
     # before this write leaves an `incomplete` run, which the next ingest replaces.
     mlflow_client.set_tag(run_id, TAG + "kind", KIND_RESULT)
     return run_id
+
+
+def _log_inputs(mlflow_client, run_id: str, datasets: list, attempts: int = 3) -> None:
+    """``log_inputs``, retried when it loses a race on MLflow's dataset table.
+
+    Two processes logging the same dataset into one experiment at once (the shards of a suite)
+    both find it missing and both insert it: MLflow's get-or-create is not atomic, so on a
+    PostgreSQL store the second insert fails with a unique-key violation and is rolled back.
+    Retried, it finds the first process's row and links the run to it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=datasets)
+            return
+        except Exception as error:
+            if attempt == attempts or "unique" not in str(error).lower():
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def log_results(
