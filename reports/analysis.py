@@ -611,6 +611,33 @@ def distributed_table(frame: pd.DataFrame) -> Table:
 # --------------------------------------------------------------------------- everything
 
 
+INFERENCE_LIBRARIES = {"fastai": "fastai", "keras": "keras", "hf": "transformers (Trainer)", "flash": "lightning-flash"}
+"""Adapter (without a version) → the library name its rows carry in ``adapters.inference``."""
+
+
+def inference_table(frame: pd.DataFrame) -> Table:
+    """What each compared high-level API infers from the data and what its user states by hand."""
+    from adapters.inference import inference_table as rows_of
+
+    present = {str(a).partition("@")[0] for a in frame["adapter"].dropna()} if "adapter" in frame else set()
+    libraries = {INFERENCE_LIBRARIES[a] for a in present if a in INFERENCE_LIBRARIES}
+    rows = [{**row, "stated_by_hand": ", ".join(row["stated_by_hand"]), "library": f"{row['library']} {row['version']}"}
+            for row in rows_of() if row["library"] in libraries]
+    columns = [
+        Column("library", "library (version read)", numeric=False),
+        Column("entry_point", "entry point", numeric=False),
+        Column("num_classes", "number of classes", numeric=False),
+        Column("input_shape", "input shape", numeric=False),
+        Column("stated_by_hand", "the user states by hand", numeric=False),
+        Column("evidence", "where the library decides it", numeric=False),
+    ]
+    note = ("For the high-level APIs compared in this report: what the API infers from the data and what its "
+            "user must state, read from each library's source at the version named (adapters/inference.py). "
+            "bakeoff's aligned runs state everything by hand (the task's model), so this is about the APIs as "
+            "their users meet them, not about the figures above.")
+    return Table("inference", "What the high-level APIs infer from the data", columns, rows, note)
+
+
 def analyse(frame: pd.DataFrame, records: Sequence[RunRecord], tasks: dict[str, Any], *, samples: int):
     """Every derived table (name → Table) and the scaling fits for the plot."""
     found = cells(frame, records)
@@ -623,5 +650,6 @@ def analyse(frame: pd.DataFrame, records: Sequence[RunRecord], tasks: dict[str, 
         repeats_table(frame, records),
         precision_table(frame, tasks),
         distributed_table(frame),
+        inference_table(frame),
     ]
     return {t.name: t for t in tables}, fits, found

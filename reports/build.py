@@ -290,12 +290,26 @@ def full_provenance(run_records: list[RunRecord], frame: pd.DataFrame, origin: d
             if version:
                 extra["packages"].add(f"{package} {version}")
     found.update({name: sorted(values) for name, values in extra.items()})
+    found["machine_load"] = _load_line(run_records)
     found["seeds"] = sorted({str(int(s)) for s in frame["seed"].dropna()}, key=int)
     found["suite"] = [str(origin["suite"])] if origin.get("suite") else []
     found["experiment"] = [str(origin.get("experiment"))] if origin.get("experiment") else []
     found["spec_ids"] = [f"{frame['spec_id'].nunique()} specs (every id in results.csv)"]
     found["mlflow_runs"] = [f"{frame['run_id'].nunique()} runs (every id in results.csv and raw.json)"]
     return found
+
+
+def _load_line(run_records: list[RunRecord]) -> list[str]:
+    """How busy the machine was: the 1-minute load average at the end of each run, summarised."""
+    loads = sorted(float(r.environment["load_average"][0]) for r in run_records
+                   if isinstance(r.environment.get("load_average"), list) and r.environment["load_average"])
+    if not loads:
+        return []
+    cores = sorted({int(r.environment["cpu_count"]) for r in run_records if r.environment.get("cpu_count")})
+    median = loads[len(loads) // 2] if len(loads) % 2 else (loads[len(loads) // 2 - 1] + loads[len(loads) // 2]) / 2
+    return [f"1-minute load average at the end of each run (the run's own threads included): min {loads[0]:.2f}, "
+            f"median {median:.2f}, max {loads[-1]:.2f} over {len(loads)} runs; "
+            f"{'/'.join(str(c) for c in cores) or '?'} logical CPUs"]
 
 
 def _slug(index: int, text: str) -> str:

@@ -84,6 +84,7 @@ SECTIONS = (
     ("repeats", "Reproducibility"),
     ("precision", None),
     ("distributed", None),
+    ("inference", "High-level APIs"),
 )
 EMPTY = {
     "overhead": "No runs.",
@@ -93,6 +94,7 @@ EMPTY = {
     "repeats": "No spec was repeated with the same seed.",
     "precision": "No mixed-precision run has an fp32 counterpart here.",
     "distributed": "No DDP or gradient-accumulation runs here.",
+    "inference": "No high-level API (fastai, Keras, HF Trainer, Flash) was compared here.",
 }
 
 

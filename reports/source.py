@@ -93,7 +93,7 @@ class RunRecord:
 
 # What a report keeps of each run's env.json: versions and hardware (no paths, no settings).
 ENVIRONMENT_KEYS = ("python", "platform", "torch", "cuda", "cudnn", "driver", "device_name", "gpu_count",
-                    "cpu_model", "cpu_count", "torch_threads", "packages")
+                    "cpu_model", "cpu_count", "torch_threads", "load_average", "packages")
 
 
 def _environment(mlflow_client, run_id: str) -> dict[str, Any]:
@@ -149,6 +149,7 @@ def records_from_results(results: list[dict[str, Any]], results_dir: Path | None
             histories["loss"] = losses
         if durations:
             histories["step_time_us"] = [(s, float(v)) for s, v in enumerate(durations)]
+        histories.update(tracking.eval_histories(trajectory))
         environment = result.get("environment", {})
         records.append(RunRecord(
             run_id=f"offline-{result['spec_id']}-{digest}",

@@ -22,6 +22,7 @@ ENVIRONMENT = {
     "cpu_model": "Synthetic CPU",
     "cpu_count": 2,
     "torch_threads": 2,
+    "load_average": [2.1, 1.5, 1.2],
     "gpu_count": 0,
     "packages": {"numpy": np.__version__},
     "git_sha": "0123456789abcdef0123456789abcdef01234567",

@@ -29,6 +29,7 @@ CHROMIUM = "/usr/bin/chromium"
 STEPS = 16
 WIDTHS = (16, 64, 256, 1024)
 NATIVE_FIXED_US, LIGHTNING_FIXED_US, US_PER_GFLOP = 200.0, 600.0, 5000.0
+EVAL_STEPS = (4, 8, 12, 16)
 
 
 def _weights(scale: float = 0.0) -> dict[str, torch.Tensor]:
@@ -37,23 +38,33 @@ def _weights(scale: float = 0.0) -> dict[str, torch.Tensor]:
     return {"fc.weight": weight + scale, "fc.bias": bias}
 
 
+def _planted_native_steps(rng: np.random.Generator | None = None) -> list[list[float]]:
+    """The three native repeats' step times: the first draws of the suite's generator."""
+    rng = rng if rng is not None else np.random.default_rng(3)
+    return [list(rng.normal(1000, 20, STEPS)) for _ in range(3)]
+
+
 def synthetic_results() -> list[tuple[dict, dict | None]]:
     """(result, final weights) for a small suite with known answers."""
     rng = np.random.default_rng(3)
     losses = [2.3 - 0.05 * i for i in range(STEPS)]
     out = []
-    native_steps = [list(rng.normal(1000, 20, STEPS)) for _ in range(3)]
+    native_steps = _planted_native_steps(rng)
     for repeat in range(3):
         # Interleaved as the suites run them: native, lightning aligned, lightning defaults, keras.
         out.append((make_result(spec(steps=STEPS, repeat=repeat), step_us=native_steps[repeat], losses=losses),
                     _weights()))
         out.append((make_result(spec(adapter="lightning", steps=STEPS, repeat=repeat),
                                 step_us=list(rng.normal(1300, 20, STEPS)), losses=losses), _weights()))
+        # Periodic validation every 4 steps: lightning defaults never reaches digits' 0.9 target ...
         out.append((make_result(spec(adapter="lightning", mode="defaults", steps=STEPS, repeat=repeat),
-                                step_us=list(rng.normal(1600, 20, STEPS)), losses=[v + 0.01 for v in losses]), None))
-        # keras: the native step times exactly (no measurable difference) and a rounding-sized loss drift (close).
+                                step_us=list(rng.normal(1600, 20, STEPS)), losses=[v + 0.01 for v in losses],
+                                evals=list(zip(EVAL_STEPS, (0.5, 0.6, 0.7, 0.8), strict=True)), target=0.9), None))
+        # keras: the native step times exactly (no measurable difference) and a rounding-sized loss drift (close);
+        # ... and keras reaches the target at its third validation (step 12).
         out.append((make_result(spec(adapter="keras", steps=STEPS, repeat=repeat), step_us=native_steps[repeat],
-                                losses=[v + (1e-7 if i >= 3 else 0.0) for i, v in enumerate(losses)]),
+                                losses=[v + (1e-7 if i >= 3 else 0.0) for i, v in enumerate(losses)],
+                                evals=list(zip(EVAL_STEPS, (0.5, 0.8, 0.92, 0.95), strict=True)), target=0.9),
                     _weights(1e-7)))
     # fastai: different math from step 5 on (diverged); and one failed bf16 run.
     out.append((make_result(spec(adapter="fastai", steps=STEPS), step_us=list(rng.normal(1100, 20, STEPS)),
@@ -142,8 +153,16 @@ def test_overhead_table_has_cis_repeats_and_a_verdict(store):
     assert lightning["throughput"] == pytest.approx(64 / (lightning["median_step_us"] / 1e6))
     assert lightning["peak_mib"] == 300 and lightning["startup_s"] == 2.0
     assert lightning["wall_s_low"] <= lightning["wall_s"] <= lightning["wall_s_high"]
-    # digits declares a target accuracy, but there is no per-step evaluation to time it with.
-    assert lightning["time_to_target"].startswith("not measured")
+    # digits declares a target accuracy: lightning aligned had no periodic evaluation to time it with ...
+    assert lightning["time_to_target"].startswith("not measured") and lightning.get("time_to_target_s") is None
+    # ... keras met it at step 12 in every repeat: the time is the fit clock at that step (native's step times).
+    expected = sorted(float(np.sum(native_steps[:12])) / 1e6 for native_steps in _planted_native_steps())
+    assert keras["time_to_target"] == "accuracy ≥ 0.9 at step 12 in 3/3 runs (eval every 4)"
+    assert keras["time_to_target_s"] == pytest.approx(expected[1], rel=1e-6)
+    assert keras["time_to_target_low"] <= keras["time_to_target_s"] <= keras["time_to_target_high"]
+    defaults = _row(table, adapter="lightning", **{**single, "mode": "defaults"})
+    assert defaults["time_to_target"] == "accuracy ≥ 0.9 not reached in 3 runs"
+    assert defaults.get("time_to_target_s") is None
     assert _row(table, task="scaling", adapter="native", options="width=16")["time_to_target"] == "no target declared"
     failed = _row(table, task="digits", adapter="fastai", precision="bf16-mixed")
     assert failed["runs"] == "1 failed" and failed["repeats"] == 0 and failed.get("median_step_us") is None
@@ -204,11 +223,28 @@ def test_reproducibility_sections(store):
     assert distributed["digits keras aligned fp32 ws2 b32 s0"]["status"] == "unsupported"
 
 
+def test_inference_table_covers_the_high_level_apis_in_the_report(store, written):
+    """keras and fastai were compared here (hf and flash were not): their rows, and only theirs."""
+    table = store[3].tables["inference"]
+    libraries = sorted(row["library"] for row in table.rows)
+    assert [name.split()[0] for name in libraries] == ["fastai", "fastai", "keras"]
+    fastai_vision = next(row for row in table.rows if row["entry_point"].startswith("vision_learner"))
+    assert fastai_vision["num_classes"].startswith("inferred")
+    keras = next(row for row in table.rows if row["library"].startswith("keras"))
+    assert keras["num_classes"].startswith("stated")
+    markdown = (written / "report.md").read_text(encoding="utf-8")
+    assert "## What the high-level APIs infer from the data" in markdown
+    assert "get_c(dls)" in markdown and "lightning-flash" not in markdown.split("## What the high-level")[1]
+
+
 def test_provenance_and_citation(store, written):
     report = store[3]
     assert report.provenance["python"] == ["3.11.2"]
     assert report.provenance["hardware"] == ["Synthetic CPU, 2 logical CPUs"]
     assert report.provenance["seeds"] == ["0"] and report.provenance["git_dirty"] == ["false"]
+    assert report.provenance["machine_load"] == [
+        "1-minute load average at the end of each run (the run's own threads included): min 2.10, median 2.10, "
+        f"max 2.10 over {len(store[2])} runs; 2 logical CPUs"]
     assert report.measured_on == "2025-11-13"  # the runs' launch time (synthetic), not when the report was built
     assert f"@misc{{bakeoff-{report.report_id}," in report.bibtex
     assert f'version: "{report.report_id}"' in report.citation_cff and "cff-version: 1.2.0" in report.citation_cff
@@ -218,7 +254,7 @@ def test_provenance_and_citation(store, written):
     for text in (report.bibtex, report.citation_cff, report.citation):
         assert text in markdown
     document = json.loads((written / "report.json").read_text())
-    assert set(document["tables"]) == {"overhead", "scaling", "defaults", "parity", "repeats", "precision",
+    assert set(document["tables"]) == {"overhead", "scaling", "defaults", "parity", "repeats", "precision", "inference",
                                        "distributed"}
     raw = json.loads((written / "raw.json").read_text())
     assert {r["run_id"] for r in raw["runs"]} == set(report.frame["run_id"])
@@ -290,7 +326,7 @@ def test_html_renders_tables_and_images_in_headless_chromium(store, written, tmp
     assert int(attributes["images-total"]) == len(report.figures) >= 6
     assert int(attributes["images-decoded"]) == len(report.figures)  # every embedded PNG decoded
     non_empty = sum(1 for t in report.tables.values() if t.rows) + 1  # + the every-run table
-    assert int(attributes["tables-with-rows"]) == non_empty == 8
+    assert int(attributes["tables-with-rows"]) == non_empty == 9
     for table in report.tables.values():
         assert table.title in dom
     lightning = _row(report.tables["overhead"], task="digits", adapter="lightning", mode="aligned",
@@ -302,6 +338,19 @@ def test_html_renders_tables_and_images_in_headless_chromium(store, written, tmp
     done = subprocess.run([*command[:-2], "--window-size=1400,3000", f"--screenshot={screenshot}",
                            (written / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and screenshot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_machine_load_line_summarises_every_run():
+    from types import SimpleNamespace
+
+    from reports.build import _load_line
+
+    def runs(*loads):
+        return [SimpleNamespace(environment={"load_average": [v, 0.0, 0.0], "cpu_count": 2}) for v in loads]
+
+    assert "min 1.00, median 2.50, max 9.00 over 4 runs; 2 logical CPUs" in _load_line(runs(9.0, 1.0, 2.0, 3.0))[0]
+    assert "min 1.00, median 2.00, max 3.00 over 3 runs" in _load_line(runs(3.0, 2.0, 1.0))[0]
+    assert _load_line([SimpleNamespace(environment={})]) == []  # results from before the field: no line
 
 
 def test_native_against_itself_contains_one():
