@@ -166,3 +166,30 @@ def test_store_dying_at_any_write_is_completed_by_ingest_without_duplicates(outa
     print(f"store killed at each of {writes} writes; result runs already logged when it died: {sorted(partial_seen)}")
     # The cuts covered a store dying with none, some and all of the runs logged.
     assert {0, len(results)} <= partial_seen and partial_seen & set(range(1, len(results)))
+
+
+def test_log_inputs_retries_a_lost_race_on_the_dataset_table_and_nothing_else():
+    """Two shards inserting one dataset at once: the loser's unique-key violation is retried, other errors are not."""
+    from mlflow.exceptions import MlflowException
+
+    class Store:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    race = MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "x"')
+    store = Store([race])
+    tracking._log_inputs(store, "run", [])
+    assert store.calls == 2
+    store = Store([MlflowException("Connection refused")])
+    with pytest.raises(MlflowException, match="Connection refused"):
+        tracking._log_inputs(store, "run", [])
+    assert store.calls == 1
+    store = Store([race, race, race])
+    with pytest.raises(MlflowException, match="UniqueViolation"):
+        tracking._log_inputs(store, "run", [])
+    assert store.calls == 3
