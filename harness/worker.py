@@ -174,6 +174,8 @@ def run(
             "library": adapter.library,
             "library_version": environment.package_version(adapter.library),
         }
+        if getattr(adapter, "variant_of", None):  # `<adapter>@<version>`: what was asked for, next to what ran
+            result["adapter"].update(variant_of=adapter.variant_of, requested_version=adapter.requested_version)
         data = task.build_data(options)
         model = task.build_model(spec.seed, options, data).to(context.device)
         result["task"] = {

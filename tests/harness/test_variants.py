@@ -219,6 +219,7 @@ def test_a_variant_runs_in_its_environment_with_the_pinned_library(plugin_env, v
     assert {"name": "six", "version": PINNED_SIX, "origin": "own"} in isolated["packages"]
     assert result["environment"]["executable"].startswith(str(built.path))
     assert result["adapter"]["name"] == VARIANT and result["adapter"]["library_version"] == PINNED_SIX
+    assert result["adapter"]["variant_of"] == "six-native" and result["adapter"]["requested_version"] == PINNED_SIX
     imported = result["notes"]["library_variant"]
     assert imported["requested"] == imported["distribution_version"] == PINNED_SIX
     assert imported["modules"]["six"]["file"].startswith(str(built.site_packages))
