@@ -94,15 +94,20 @@ def quick(device: str) -> Suite:
     return Suite(name="quick", description=quick.__doc__, specs=_interleave(cells, 1), eval_every=10)
 
 
+VERSION_MATRIX = ("lightning@2.1.4",)
+"""Older library releases the standard suite runs beside the current ones (each in its own environment)."""
+
+
 def standard(device: str) -> Suite:
-    """The reference CPU suite: more steps, both modes, bf16, DDP, accumulation, a width sweep, 3 repeats."""
+    """The reference CPU suite: 2x steps, both modes, bf16, DDP, accumulation, widths, an older Lightning, 3 repeats."""
     adapters = _ordered_adapters()
     pairs = adapter_modes(adapters)
     aligned = [(a, m) for a, m in pairs if m == "aligned"]
     cells: list[list[Spec]] = []
+    versions = adapter_modes(list(VERSION_MATRIX))
     for task in ("digits", "tabular", "charlm"):
         steps = get_task(task).defaults.steps * 2
-        cells.append([_spec(task, a, device, mode=m, steps=steps) for a, m in pairs])
+        cells.append([_spec(task, a, device, mode=m, steps=steps) for a, m in pairs + versions])
         cells.append([_spec(task, a, device, mode=m, steps=steps, precision="bf16-mixed") for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, world_size=2, batch_size=32) for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, grad_accum=2, batch_size=32) for a, m in aligned])

@@ -117,3 +117,20 @@ def test_fuzzed_run_tables_parse_or_are_refused(tmp_path_factory, run):
         load_suite_file(path, "cpu")
     except SpecError as error:
         assert str(error) and "\n" not in str(error)
+
+
+def test_builtin_suites_interleave_every_repeat_and_carry_the_version_matrix():
+    from harness.suites import VERSION_MATRIX, get_suite
+
+    standard = get_suite("standard", "cpu")
+    assert standard.repeats == 3 and standard.eval_every == 10
+    ids = [spec.spec_id for spec in standard.specs]
+    assert len(ids) == len(set(ids))  # no spec twice
+    per_repeat = [[s for s in standard.specs if s.repeat == r] for r in range(3)]
+    assert len({len(group) for group in per_repeat}) == 1
+    # A B C A B C: every repeat of the matrix finishes before the next one starts.
+    assert [s.repeat for s in standard.specs] == sorted(s.repeat for s in standard.specs)
+    for variant in VERSION_MATRIX:
+        cells = {(s.task, s.mode) for s in per_repeat[0] if s.adapter == variant}
+        assert cells == {(t, m) for t in ("digits", "tabular", "charlm") for m in ("aligned", "defaults")}
+    assert get_suite("quick", "cpu").eval_every == 10
