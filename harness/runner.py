@@ -7,7 +7,9 @@ file and the suite goes on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -233,29 +235,47 @@ def existing_result(spec: Spec, results_dir: Path) -> dict[str, Any] | None:
 class Claim:
     """An atomic per-spec claim file, so two `bench` processes on one folder never run a spec twice.
 
-    Created with O_EXCL; holds the owner's PID. A claim whose process is gone is stale and is
-    taken over (the orchestrator was killed mid-spec), so an interrupted suite still resumes.
+    Holds the owner's PID. A claim whose process is gone is stale and is taken over (the
+    orchestrator was killed mid-spec), so an interrupted suite still resumes. Every look at a
+    claim (acquire, take-over, clean-up) happens under one ``flock`` per results folder, and a
+    claim file appears with its PID already in it (written aside, then hard-linked into place):
+    an empty claim read between "created" and "PID written" once looked stale to a second
+    process, which took it over and ran the spec too.
     """
+
+    LOCK_NAME = ".claims.lock"
 
     def __init__(self, results_dir: Path, spec: Spec) -> None:
         self.path = Path(results_dir) / f"{spec.spec_id}.claim"
         self.held = False
 
-    def acquire(self) -> bool:
+    @contextlib.contextmanager
+    def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        with open(self.path.parent / self.LOCK_NAME, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def acquire(self) -> bool:
+        with self._locked():
+            if self.path.exists():
                 if not self._stale():
                     return False
                 self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(str(os.getpid()))
+            descriptor, aside = tempfile.mkstemp(dir=self.path.parent, prefix=".claim-")
+            try:
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(str(os.getpid()))
+                os.link(aside, self.path)  # fails if the name exists: never two owners
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(aside)
             self.held = True
             return True
-        return False
 
     def _stale(self) -> bool:
         try:
@@ -274,12 +294,14 @@ class Claim:
 
     def clear_if_stale(self) -> None:
         """Remove a dead process's leftover claim (e.g. killed after its result was written)."""
-        if self.path.exists() and self._stale():
-            self.path.unlink(missing_ok=True)
+        with self._locked():
+            if self.path.exists() and self._stale():
+                self.path.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            with self._locked():
+                self.path.unlink(missing_ok=True)
             self.held = False
 
 

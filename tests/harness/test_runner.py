@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 
 from harness.result import read_result, result_path
 from harness.runner import RunOptions, run_spec, run_suite
+from harness.spec import Spec
 from tests.conftest import small_spec
 
 pytestmark = pytest.mark.usefixtures("plugin_env")
@@ -72,3 +76,48 @@ def _is_worker_for(pid: str, results_dir) -> bool:
     except OSError:
         return False
     return "harness.worker" in command and str(results_dir) in command
+
+
+def _race_for_claim(results_dir: str, spec_json: str, start_at: float, queue) -> None:
+    from harness.runner import Claim
+
+    claim = Claim(Path(results_dir), Spec.from_dict(json.loads(spec_json)))
+    while time.time() < start_at:  # every racer leaves the gate at the same instant
+        pass
+    queue.put(claim.acquire())
+
+
+@pytest.mark.parametrize("stale_owner", [False, True])
+def test_claims_race_has_exactly_one_winner(tmp_path, stale_owner):
+    """Six processes claim one spec at once, 10 rounds: one winner each round, also when taking over a
+    dead process's claim (the race that once let two bench processes run the same spec)."""
+    import multiprocessing
+
+    from harness.runner import Claim
+
+    spec = Spec(task="digits", adapter="native", device="cpu", batch_size=8, steps=2, lr=0.1)
+    context = multiprocessing.get_context("fork")
+    for round_ in range(10):
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        if stale_owner:
+            dead = context.Process(target=int)
+            dead.start()
+            dead.join()
+            (folder / f"{spec.spec_id}.claim").write_text(str(dead.pid))
+        queue = context.Queue()
+        start_at = time.time() + 0.3
+        racers = [context.Process(target=_race_for_claim, args=(str(folder), json.dumps(spec.to_dict()), start_at,
+                                                                 queue)) for _ in range(6)]
+        for racer in racers:
+            racer.start()
+        outcomes = [queue.get(timeout=30) for _ in racers]
+        for racer in racers:
+            racer.join(timeout=30)
+        assert outcomes.count(True) == 1, (round_, outcomes)
+        # The winner's claim names a process (it has exited now, so the claim is stale and cleanable).
+        claim = Claim(folder, spec)
+        assert int(claim.path.read_text()) > 0
+        claim.clear_if_stale()
+        assert not claim.path.exists()
+        assert not list(folder.glob(".claim-*"))  # nothing left aside
