@@ -26,7 +26,9 @@ and, after logging, fills in the verdicts of runs that had no reference when the
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -621,41 +623,77 @@ def log_results(
     """
     started = time.perf_counter()
     try:
-        mlflow_client = client(uri)
-        experiment_id = get_or_create_experiment(mlflow_client, experiment_name(experiment or suite), uri)
-        known = existing_results(mlflow_client, experiment_id)
-        incomplete = search_kind(mlflow_client, experiment_id, KIND_INCOMPLETE)
-        cache: dict[str, Any] = {}
-        theirs = stored_results(mlflow_client, partner_runs(results, known.values()), cache)
-        verdicts = parity_verdicts(list(results), results_dir, pool=[*results, *theirs.values()])
-        report = LogReport(experiment_id=experiment_id, parent_run_id=None)
-        pending = []
-        for result in results:
-            digest = result_digest(result)
-            run = known.get((result["spec_id"], digest))
-            if run is None:
-                pending.append((result, digest))
-                continue
-            report.existing[result["spec_id"]] = run.info.run_id
-            verdict = verdicts.get(result["spec_id"])
-            if verdict is not None and run.data.tags.get(TAG + "parity") != verdict.verdict:
-                set_parity(mlflow_client, run.info.run_id, result, verdict)
-        if pending or command != "ingest":
-            _log_invocation(mlflow_client, experiment_id, results, pending, verdicts, report,
-                            results_dir=results_dir, suite=suite, command=command, progress=progress)
-        report.parity_filled = reconcile_parity(mlflow_client, experiment_id, list(results), results_dir,
-                                                report.logged, cache)
-        # Runs a dead store left half-written, now that their result is in the store in full.
-        complete = set(known) | {(r["spec_id"], result_digest(r)) for r in results if r["spec_id"] in report.logged}
-        for run in incomplete:
-            if _key(run) in complete:
-                mlflow_client.delete_run(run.info.run_id)
-                report.deleted_incomplete += 1
+        with _logging_lock(results_dir):
+            report = _log_pass(results, results_dir=results_dir, suite=suite, uri=uri, command=command,
+                               experiment=experiment, progress=progress)
     except TrackingError:
         raise
     except Exception as error:
         raise TrackingError(f"logging to {uri} failed ({type(error).__name__}: {_first_line(error)})") from error
     report.seconds = time.perf_counter() - started
+    return report
+
+
+@contextlib.contextmanager
+def _logging_lock(results_dir: Path):
+    """One logging pass at a time per results folder.
+
+    Two `bench` (or `ingest`) processes sharing a folder would otherwise both find a result
+    missing from the store and both log it; under the lock the second finds the first's runs.
+    """
+    folder = Path(results_dir)
+    if not folder.is_dir():
+        yield
+        return
+    with open(folder / ".tracking.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _log_pass(
+    results: list[Mapping[str, Any]],
+    *,
+    results_dir: Path,
+    suite: str,
+    uri: str,
+    command: str,
+    experiment: str | None,
+    progress: Callable[[str], None] | None,
+) -> LogReport:
+    """One logging pass (under the folder's lock): what is new, the invocation, parity, clean-up."""
+    mlflow_client = client(uri)
+    experiment_id = get_or_create_experiment(mlflow_client, experiment_name(experiment or suite), uri)
+    known = existing_results(mlflow_client, experiment_id)
+    incomplete = search_kind(mlflow_client, experiment_id, KIND_INCOMPLETE)
+    cache: dict[str, Any] = {}
+    theirs = stored_results(mlflow_client, partner_runs(results, known.values()), cache)
+    verdicts = parity_verdicts(list(results), results_dir, pool=[*results, *theirs.values()])
+    report = LogReport(experiment_id=experiment_id, parent_run_id=None)
+    pending = []
+    for result in results:
+        digest = result_digest(result)
+        run = known.get((result["spec_id"], digest))
+        if run is None:
+            pending.append((result, digest))
+            continue
+        report.existing[result["spec_id"]] = run.info.run_id
+        verdict = verdicts.get(result["spec_id"])
+        if verdict is not None and run.data.tags.get(TAG + "parity") != verdict.verdict:
+            set_parity(mlflow_client, run.info.run_id, result, verdict)
+    if pending or command != "ingest":
+        _log_invocation(mlflow_client, experiment_id, results, pending, verdicts, report,
+                        results_dir=results_dir, suite=suite, command=command, progress=progress)
+    report.parity_filled = reconcile_parity(mlflow_client, experiment_id, list(results), results_dir,
+                                            report.logged, cache)
+    # Runs a dead store left half-written, now that their result is in the store in full.
+    complete = set(known) | {(r["spec_id"], result_digest(r)) for r in results if r["spec_id"] in report.logged}
+    for run in incomplete:
+        if _key(run) in complete:
+            mlflow_client.delete_run(run.info.run_id)
+            report.deleted_incomplete += 1
     return report
 
 

@@ -280,6 +280,26 @@ def test_ingest_twice_creates_no_duplicates(store, suite_results):
     assert len(_all_result_runs(uri, report.experiment_id)) == before == len(results)
 
 
+def test_two_processes_logging_one_folder_at_once_log_each_result_once(suite_results, tmp_path):
+    """Two `bakeoff ingest` processes started together on one folder and one store: one run per result.
+
+    Without the folder's logging lock both found every result missing and both logged it."""
+    folder, results = suite_results
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "harness.cli", "ingest", str(folder), "--suite", "quick", "--tracking-uri", uri]
+    environ = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    tracking.check_store(uri)  # create the schema first: two processes migrating one SQLite file is its own race
+    processes = [subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    experiment_id = tracking.client(uri).get_experiment_by_name(tracking.experiment_name("quick")).experiment_id
+    runs = _all_result_runs(uri, experiment_id)
+    assert sorted(r.data.tags[tracking.TAG + "spec_id"] for r in runs) == sorted(r["spec_id"] for r in results)
+    assert sum(f"{len(results)} new runs" in out for out in outputs) == 1, outputs
+    assert sum("0 new runs" in out for out in outputs) == 1, outputs
+
+
 def test_report_from_the_store_holds_the_figures_mlflow_holds(store, suite_results, tmp_path):
     from reports.build import build_report, write_report
     from reports.render import fmt
