@@ -21,7 +21,7 @@ help:
 	@echo "make test      run the test suite (CI runs this)"
 	@echo "make bench-check  per-step micro-benchmarks of every adapter vs the committed baseline (exit 1 on regression)"
 	@echo "make overhead  the harness's own instrumentation cost: native+probe vs a bare loop"
-	@echo "make envs      build the isolated environments adapters declare (Flash: ~1-2 min, ~180 MB)"
+	@echo "make envs      build the isolated environments the standard suite uses (Flash ~1-2 min, ~180 MB; Lightning 2.1.4 ~5 s)"
 	@echo "make golden    regenerate the golden native trajectories (only when a change is meant to alter them)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
 	@echo "make lint      ruff check"
@@ -86,7 +86,7 @@ overhead: $(STAMP)
 
 # Isolated adapter environments (issue 11) build on first use; this builds Flash's ahead of time.
 envs: $(STAMP)
-	$(BIN)/python -m harness.envs build flash
+	$(BIN)/python -m harness.envs build flash lightning@2.1.4
 
 golden: $(STAMP)
 	$(BIN)/python -m tests.golden.regenerate

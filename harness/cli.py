@@ -445,6 +445,8 @@ def command_list(args: argparse.Namespace) -> int:
             adapter = get_adapter(name)
             library, modes = adapter.library or "torch", ",".join(adapter.modes)
             print(f"  {name:10} style={adapter.style} library={library} modes={modes}")
+    print("  versions:  an adapter with a library also runs as <adapter>@<version> in its own environment,")
+    print("             built on first use (e.g. lightning@2.1.4; `python -m harness.envs build lightning@2.1.4`)")
     print("suites:")
     for name, factory in BUILTIN.items():
         print(f"  {name:10} {factory.__doc__}")

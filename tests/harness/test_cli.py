@@ -59,6 +59,7 @@ def test_list_shows_tasks_adapters_and_suites(capsys):
     assert code == 0
     for name in ("digits", "tabular", "charlm", "scaling", "mnist", "cifar10", "native", "quick"):
         assert name in out
+    assert "<adapter>@<version>" in out  # the version matrix is discoverable
 
 
 def test_dry_run_lists_specs(capsys):
