@@ -62,7 +62,7 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_DATASET_DIGEST = 36
 
-STEP_METRICS = ("loss", "step_time_us")
+STEP_METRICS = ("loss", "step_time_us", "valid_metric")
 SUMMARY_METRICS = (
     "median_step_us",
     "throughput_samples_per_s",

@@ -320,6 +320,7 @@ def _figures(report: Report) -> dict[str, tuple[str, bytes]]:
     frame, selected = report.frame, report.records
     losses = tables.step_series(selected, "loss")
     step_times = tables.step_series(selected, "step_time_us")
+    valid = tables.step_series(selected, "valid_metric")
     warmup = {r.run_id: int(r.metrics.get("warmup_steps", 0)) for r in selected}
     figures = {}
     overhead_rows = report.tables["overhead"].rows
@@ -335,6 +336,13 @@ def _figures(report: Report) -> dict[str, tuple[str, bytes]]:
         png = plots.overhead_bars(overhead_rows, task)
         if png:
             figures[f"overhead-{slug}.png"] = (f"{task}: step time ÷ native with 95% CI", png)
+        declared = report.tasks.get(task.partition("[")[0], {})
+        if declared.get("target_metric") is not None:
+            metric = declared.get("metric_name") or "metric"
+            png = plots.target_curves(frame, valid, step_times, task, declared["target_metric"], metric)
+            if png:
+                figures[f"target-{slug}.png"] = (f"{task}: validation {metric} against training time, "
+                                                 f"target {declared['target_metric']:g}", png)
     png = plots.scaling_fit(report.fits)
     if png:
         figures["scaling-fit.png"] = ("scaling: fixed per-step overhead + compute, fitted per adapter", png)

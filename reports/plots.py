@@ -64,6 +64,40 @@ def step_time_distributions(
     return _png(figure)
 
 
+def target_curves(
+    frame: pd.DataFrame,
+    valid: dict[str, list[tuple[int, float]]],
+    step_times: dict[str, list[tuple[int, float]]],
+    task: str,
+    target: float,
+    metric: str,
+) -> bytes | None:
+    """Validation metric against training time (the fit clock, validation paused out), target drawn in."""
+    rows = [row for _, row in frame.iterrows() if task_key(row) == task and valid.get(row["run_id"])]
+    if not rows:
+        return None
+    figure, axes = plt.subplots(figsize=(7.5, 4.2))
+    for row in rows:
+        durations = dict(step_times.get(row["run_id"], []))
+        clock, elapsed = {}, 0.0
+        for step in sorted(durations):
+            elapsed += durations[step]
+            clock[step + 1] = elapsed / 1e6  # seconds after `step + 1` optimizer steps
+        points = [(clock[done], value) for done, value in valid[row["run_id"]] if done in clock]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        style = "-" if row["adapter"] == "native" else "--"
+        axes.plot(xs, ys, style, marker="o", markersize=2.5, linewidth=1.0, label=run_label(row))
+    axes.axhline(target, color="black", linewidth=0.8, linestyle=":", label=f"target {target:g}")
+    axes.set_title(f"{task}: validation {metric} against training time")
+    axes.set_xlabel("training time (s, fit clock; validation excluded)")
+    axes.set_ylabel(f"validation {metric}")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=6, ncol=2)
+    return _png(figure)
+
+
 def overhead_bars(rows: list[dict], task: str) -> bytes | None:
     """Step time ÷ native per cell of one task, with the 95% CI as error bars (1 = native)."""
     rows = [r for r in rows if r.get("task_key") == task and r.get("ratio") is not None]

@@ -168,6 +168,17 @@ def test_overhead_table_has_cis_repeats_and_a_verdict(store):
     assert failed["runs"] == "1 failed" and failed["repeats"] == 0 and failed.get("median_step_us") is None
 
 
+def test_validation_curves_are_plotted_against_training_time_for_tasks_with_a_target(store, written):
+    report = store[3]
+    targets = [name for name in report.figures if name.startswith("target-")]
+    assert len(targets) == 1 and "digits" in targets[0]  # scaling declares no target; digits runs validated
+    caption, png = report.figures[targets[0]]
+    assert "target 0.9" in caption and png.startswith(b"\x89PNG")
+    assert f"]({targets[0]})" in (written / "report.md").read_text(encoding="utf-8")
+    keras = next(r for r in report.records if r.tag("adapter") == "keras")
+    assert [step for step, _ in keras.histories["valid_metric"]] == list(EVAL_STEPS)
+
+
 def test_scaling_fit_recovers_the_planted_fixed_overhead(store):
     table = store[3].tables["scaling"]
     native = _row(table, adapter="native")
