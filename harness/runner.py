@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -232,32 +233,44 @@ def existing_result(spec: Spec, results_dir: Path) -> dict[str, Any] | None:
         return None  # a damaged file is rerun, not trusted
 
 
+FOREIGN_CLAIM_EXPIRY_S = 6 * 3600.0
+"""A claim made on another host cannot be checked by PID; it counts as abandoned after this long."""
+
+
 class Claim:
     """An atomic per-spec claim file, so two `bench` processes on one folder never run a spec twice.
 
-    Holds the owner's PID. A claim whose process is gone is stale and is taken over (the
-    orchestrator was killed mid-spec), so an interrupted suite still resumes. Every look at a
-    claim (acquire, take-over, clean-up) happens under one ``flock`` per results folder, and a
-    claim file appears with its PID already in it (written aside, then hard-linked into place):
-    an empty claim read between "created" and "PID written" once looked stale to a second
-    process, which took it over and ran the spec too.
+    Holds ``<host> <pid>``. A claim from this host whose process is gone is stale and is taken
+    over (the orchestrator was killed mid-spec), so an interrupted suite still resumes. A claim
+    from another host (a SLURM array on a shared folder) cannot be checked by PID: it is honoured
+    until ``foreign_expiry_s`` after it was made. Every look at a claim (acquire, take-over,
+    clean-up) happens under one ``flock`` per results folder, and a claim file appears with its
+    owner already in it (written aside, then hard-linked into place): an empty claim read between
+    "created" and "owner written" once looked stale to a second process, which ran the spec too.
+    Filesystems without ``flock`` or hard links fall back to ``O_EXCL`` creation.
     """
 
     LOCK_NAME = ".claims.lock"
 
-    def __init__(self, results_dir: Path, spec: Spec) -> None:
+    def __init__(self, results_dir: Path, spec: Spec, *, foreign_expiry_s: float = FOREIGN_CLAIM_EXPIRY_S) -> None:
         self.path = Path(results_dir) / f"{spec.spec_id}.claim"
         self.held = False
+        self.foreign_expiry_s = foreign_expiry_s
 
     @contextlib.contextmanager
     def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.parent / self.LOCK_NAME, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                locked = True
+            except OSError:  # no flock here (some network filesystems): O_EXCL alone still decides
+                locked = False
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                if locked:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def acquire(self) -> bool:
         with self._locked():
@@ -265,22 +278,43 @@ class Claim:
                 if not self._stale():
                     return False
                 self.path.unlink(missing_ok=True)
+            owner = f"{socket.gethostname()} {os.getpid()}"
             descriptor, aside = tempfile.mkstemp(dir=self.path.parent, prefix=".claim-")
             try:
                 with os.fdopen(descriptor, "w") as handle:
-                    handle.write(str(os.getpid()))
+                    handle.write(owner)
                 os.link(aside, self.path)  # fails if the name exists: never two owners
             except FileExistsError:
                 return False
+            except OSError:  # no hard links on this filesystem
+                return self._create_exclusive(owner)
             finally:
                 os.unlink(aside)
             self.held = True
             return True
 
+    def _create_exclusive(self, owner: str) -> bool:
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(owner)
+        self.held = True
+        return True
+
     def _stale(self) -> bool:
         try:
-            owner = int(self.path.read_text().strip() or "0")
-        except (OSError, ValueError):
+            text = self.path.read_text().split()
+            made = self.path.stat().st_mtime
+        except OSError:
+            return True
+        host, pid = (text[0], text[1]) if len(text) == 2 else (socket.gethostname(), text[0] if text else "0")
+        if host != socket.gethostname():
+            return time.time() - made > self.foreign_expiry_s
+        try:
+            owner = int(pid)
+        except ValueError:
             return True
         if owner <= 0:
             return True
@@ -305,6 +339,12 @@ class Claim:
             self.held = False
 
 
+def _claim(options: RunOptions, spec: Spec) -> Claim:
+    # Another host's claim is honoured at least as long as its run could legitimately take.
+    expiry = max(FOREIGN_CLAIM_EXPIRY_S, options.timeout_s + envs.BUILD_TIMEOUT_S)
+    return Claim(options.results_dir, spec, foreign_expiry_s=expiry)
+
+
 Progress = Callable[[int, int, Spec, dict[str, Any], bool, float], None]
 
 
@@ -322,9 +362,9 @@ def run_suite(specs: Iterable[Spec], options: RunOptions, progress: Progress | N
         skipped = done is not None and not (options.retry_failed and done["status"] == "failed")
         if skipped:
             result = done
-            Claim(options.results_dir, spec).clear_if_stale()
+            _claim(options, spec).clear_if_stale()
         else:
-            claim = Claim(options.results_dir, spec)
+            claim = _claim(options, spec)
             if not claim.acquire():
                 elsewhere.append((index, spec))
                 continue
@@ -350,7 +390,7 @@ def run_suite(specs: Iterable[Spec], options: RunOptions, progress: Progress | N
 def _wait_for_other(spec: Spec, options: RunOptions) -> dict[str, Any]:
     """Wait for the process that claimed ``spec``; run it ourselves if that process died."""
     deadline = time.monotonic() + options.timeout_s + 60
-    claim = Claim(options.results_dir, spec)
+    claim = _claim(options, spec)
     while time.monotonic() < deadline:
         done = existing_result(spec, options.results_dir)
         if done is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -78,13 +79,16 @@ def _is_worker_for(pid: str, results_dir) -> bool:
     return "harness.worker" in command and str(results_dir) in command
 
 
-def _race_for_claim(results_dir: str, spec_json: str, start_at: float, queue) -> None:
+def _race_for_claim(results_dir: str, spec_json: str, start_at: float, queue, done) -> None:
     from harness.runner import Claim
 
     claim = Claim(Path(results_dir), Spec.from_dict(json.loads(spec_json)))
     while time.time() < start_at:  # every racer leaves the gate at the same instant
         pass
     queue.put(claim.acquire())
+    # Stay alive until every racer has answered: a winner that exited early would leave a claim
+    # with a dead PID, which a late racer may rightly take over (that is resume, not a race).
+    done.wait(60)
 
 
 @pytest.mark.parametrize("stale_owner", [False, True])
@@ -105,19 +109,59 @@ def test_claims_race_has_exactly_one_winner(tmp_path, stale_owner):
             dead.start()
             dead.join()
             (folder / f"{spec.spec_id}.claim").write_text(str(dead.pid))
-        queue = context.Queue()
-        start_at = time.time() + 0.3
-        racers = [context.Process(target=_race_for_claim, args=(str(folder), json.dumps(spec.to_dict()), start_at,
-                                                                 queue)) for _ in range(6)]
+        queue, done = context.Queue(), context.Event()
+        start_at = time.time() + 1.0
+        racers = [context.Process(target=_race_for_claim,
+                                  args=(str(folder), json.dumps(spec.to_dict()), start_at, queue, done))
+                  for _ in range(6)]
         for racer in racers:
             racer.start()
-        outcomes = [queue.get(timeout=30) for _ in racers]
+        outcomes = [queue.get(timeout=60) for _ in racers]
+        done.set()
         for racer in racers:
-            racer.join(timeout=30)
+            racer.join(timeout=60)
         assert outcomes.count(True) == 1, (round_, outcomes)
-        # The winner's claim names a process (it has exited now, so the claim is stale and cleanable).
+        # The winner's claim names this host and a process (gone now, so the claim is stale and cleanable).
         claim = Claim(folder, spec)
-        assert int(claim.path.read_text()) > 0
+        host, pid = claim.path.read_text().split()
+        assert host == socket.gethostname() and int(pid) > 0
         claim.clear_if_stale()
         assert not claim.path.exists()
         assert not list(folder.glob(".claim-*"))  # nothing left aside
+
+
+def test_a_claim_from_another_host_is_honoured_until_it_expires(tmp_path):
+    """A shared folder (SLURM array): another node's PID means nothing here, so its claim is not stale
+    because that PID is absent locally; it is abandoned only after the expiry."""
+    from harness.runner import Claim
+
+    spec = Spec(task="digits", adapter="native", device="cpu", batch_size=8, steps=2, lr=0.1)
+    claim = Claim(tmp_path, spec, foreign_expiry_s=3600)
+    claim.path.write_text("some-other-node 999999999")
+    assert not claim.acquire()
+    claim.clear_if_stale()
+    assert claim.path.exists()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(claim.path, (hours_ago, hours_ago))
+    assert claim.acquire() and claim.path.read_text().split()[0] == socket.gethostname()
+    claim.release()
+    assert not claim.path.exists()
+
+
+@pytest.mark.parametrize("missing", ["hard links", "flock"])
+def test_claims_work_on_filesystems_without_hard_links_or_flock(tmp_path, monkeypatch, missing):
+    from harness import runner
+
+    def unsupported(*args, **kwargs):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(runner.os if missing == "hard links" else runner.fcntl,
+                        "link" if missing == "hard links" else "flock", unsupported)
+    spec = Spec(task="digits", adapter="native", device="cpu", batch_size=8, steps=2, lr=0.1)
+    first, second = runner.Claim(tmp_path, spec), runner.Claim(tmp_path, spec)
+    assert first.acquire() and not second.acquire()
+    assert first.path.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    first.release()
+    assert second.acquire()
+    second.release()
+    assert not list(tmp_path.glob("*.claim")) and not list(tmp_path.glob(".claim-*"))
