@@ -528,7 +528,11 @@ def log_result(
     tags = {k: redact(v, secrets) for k, v in tags.items()}
     tags[TAG + "kind"] = KIND_INCOMPLETE  # becomes KIND_RESULT with the run's last write
     label = tags[TAG + "label"] + ("" if result["status"] == "ok" else f" ({result['status']})")
-    run = mlflow_client.create_run(experiment_id, start_time=start_ms, run_name=label)
+    # The run is findable (and replaceable) from its first write: a store dying right after
+    # create_run must not leave an anonymous empty run behind.
+    identity = (TAG + "kind", TAG + "spec_id", TAG + "result_digest", "mlflow.parentRunId")
+    first = {k: tags[k] for k in identity if k in tags}
+    run = mlflow_client.create_run(experiment_id, start_time=start_ms, run_name=label, tags=first)
     run_id = run.info.run_id
 
     params = [Param(k, redact(_clip(v, MAX_PARAM_VALUE), secrets)) for k, v in params_of(result["spec"]).items()]
@@ -645,12 +649,22 @@ def _logging_lock(results_dir: Path):
     if not folder.is_dir():
         yield
         return
-    with open(folder / ".tracking.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        handle = open(folder / ".tracking.lock", "a")  # noqa: SIM115 (closed below, whichever opened)
+    except OSError:  # someone else's or a read-only folder: the lock lives in /tmp, keyed by the folder
+        key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+        handle = open(Path(tempfile.gettempdir()) / f"bakeoff-tracking-{key}.lock", "a")  # noqa: SIM115
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            locked = True
+        except OSError:  # no flock on this filesystem: log without it (the store still dedups per pass)
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _log_pass(

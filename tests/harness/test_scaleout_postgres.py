@@ -11,6 +11,7 @@ skip it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -192,6 +193,11 @@ def test_two_shards_into_a_postgres_backed_server_merge_into_the_unsharded_repor
     shard_ids = [{p.stem for p in (tmp_path / f"shard{i}").glob("*.json")} for i in (1, 2)]
     unsharded_ids = {p.stem for p in (tmp_path / "unsharded").glob("*.json")}
     assert len(unsharded_ids) == 4 and not shard_ids[0] & shard_ids[1] and shard_ids[0] | shard_ids[1] == unsharded_ids
+    # The premise that makes this a test of cross-shard parity: each shard holds one repeat only,
+    # so every repeat-1 run's native reference (repeat 0, same seed) is in the other shard.
+    repeats = [{json.loads((tmp_path / f"shard{i}" / f"{n}.json").read_text())["spec"]["repeat"] for n in ids}
+               for i, ids in zip((1, 2), shard_ids)]
+    assert sorted(map(sorted, repeats)) == [[0], [1]], repeats
 
     # No duplicate MLflow runs: exactly one complete result run per spec id, none half-written.
     mlflow_client = tracking.client(uri)

@@ -150,6 +150,10 @@ def test_store_dying_at_any_write_is_completed_by_ingest_without_duplicates(outa
         mlflow_client = tracking.client(uri)
         experiment_id = runs[0].info.experiment_id
         assert tracking.search_kind(mlflow_client, experiment_id, tracking.KIND_INCOMPLETE) == [], die_at
+        # Not even an anonymous run: one cut right after create_run once left a run with no tags at all.
+        every_run = mlflow_client.search_runs([experiment_id])
+        kinds = Counter(run.data.tags.get("bakeoff.kind") for run in every_run)
+        assert set(kinds) <= {tracking.KIND_RESULT, tracking.KIND_INVOCATION}, (die_at, kinds)
         by_spec = {run.data.tags["bakeoff.spec_id"]: run for run in runs}
         for result in results:  # every run complete: status, artifacts, the whole trajectory
             run = by_spec[result["spec_id"]]
