@@ -269,6 +269,8 @@ def run(
         try:
             partial = probe.resolve()
             result["trajectory"] = {"step_end_ns": partial.step_end_ns, "losses": partial.losses}
+            if partial.evals:
+                result["trajectory"]["evals"] = partial.evals
         except Exception:
             pass
     finally:

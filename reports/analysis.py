@@ -183,9 +183,10 @@ def _status_line(cell: Cell) -> str:
 def time_to_target(cell: Cell, task_info: dict[str, Any], *, samples: int) -> dict[str, Any]:
     """Training time to the task's target (MLPerf-style time-to-train), over the cell's runs.
 
-    Runs evaluate every ``eval_every`` steps outside the measured time (``--eval-every``); a run
-    that never met the target is counted, not dropped, and a cell without periodic evaluation
-    says so instead of showing a number.
+    Runs evaluate every ``eval_every`` steps outside the measured time (``--eval-every``). A time
+    is given only when every run of the cell met the target (a median over the runs that did would
+    flatter a cell that mostly misses); otherwise the text says how many did. A cell without
+    periodic evaluation says so instead of showing a number.
     """
     target = task_info.get("target_metric")
     if target is None:
@@ -203,12 +204,17 @@ def time_to_target(cell: Cell, task_info: dict[str, Any], *, samples: int) -> di
     steps = sorted({int(r["steps_to_target"]) for r in evaluated if _plain(r.get("steps_to_target")) is not None})
     every = sorted({int(r["eval_every"]) for r in evaluated if _plain(r.get("eval_every")) is not None})
     figures: dict[str, Any] = {"target_reached_runs": len(times), "target_evaluated_runs": len(evaluated)}
-    if times:
+    at = "/".join(str(s) for s in steps)
+    interval = f"(eval every {'/'.join(str(e) for e in every)})"
+    if times and len(times) == len(evaluated):
         value, low, high = _per_run_ci(times, samples=samples)
         figures.update(time_to_target_s=value, time_to_target_low=low, time_to_target_high=high)
-        at = "/".join(str(s) for s in steps)
         figures["time_to_target"] = (f"{metric} {sign} {target:g} at step {at} in {len(times)}/{len(evaluated)} runs "
-                                     f"(eval every {'/'.join(str(e) for e in every)})")
+                                     f"{interval}")
+    elif times:
+        # Runs that missed the target have no time: a median over the others would flatter the cell.
+        figures["time_to_target"] = (f"{metric} {sign} {target:g} reached in only {len(times)}/{len(evaluated)} runs "
+                                     f"(fastest {min(times):.3g} s at step {at}) {interval}: no time given")
     else:
         figures["time_to_target"] = f"{metric} {sign} {target:g} not reached in {len(evaluated)} runs"
     return figures
@@ -624,7 +630,7 @@ def inference_table(frame: pd.DataFrame) -> Table:
     rows = [{**row, "stated_by_hand": ", ".join(row["stated_by_hand"]), "library": f"{row['library']} {row['version']}"}
             for row in rows_of() if row["library"] in libraries]
     columns = [
-        Column("library", "library (version read)", numeric=False),
+        Column("library", "library (source read at version)", numeric=False),
         Column("entry_point", "entry point", numeric=False),
         Column("num_classes", "number of classes", numeric=False),
         Column("input_shape", "input shape", numeric=False),

@@ -17,7 +17,7 @@ import torch
 
 from harness import tracking
 from harness.cli import main
-from reports.analysis import compare_ci
+from reports.analysis import Cell, compare_ci, time_to_target
 from reports.build import build_report, verify_report, write_report
 from reports.source import RunRecord, Selection, records_from_results
 from tasks.scaling import flops_per_sample
@@ -177,6 +177,25 @@ def test_validation_curves_are_plotted_against_training_time_for_tasks_with_a_ta
     assert f"]({targets[0]})" in (written / "report.md").read_text(encoding="utf-8")
     keras = next(r for r in report.records if r.tag("adapter") == "keras")
     assert [step for step, _ in keras.histories["valid_metric"]] == list(EVAL_STEPS)
+
+
+def test_time_to_target_gives_a_time_only_when_every_run_reached_it():
+    def row(seconds, step=None):
+        return {"status": "ok", "evals_run": 4, "eval_every": 4, "time_to_target_s": seconds, "steps_to_target": step}
+
+    digits = {"target_metric": 0.9, "metric_name": "accuracy", "higher_is_better": True}
+    every = time_to_target(Cell(key=(), rows=[row(0.2, 8), row(0.3, 8), row(0.25, 8)]), digits, samples=200)
+    assert every["time_to_target_s"] == 0.25 and every["target_reached_runs"] == 3
+    assert every["time_to_target_low"] <= 0.25 <= every["time_to_target_high"]
+    # One run of three missed: no median over the other two (it would flatter the cell).
+    partly = time_to_target(Cell(key=(), rows=[row(0.2, 8), row(None), row(None)]), digits, samples=200)
+    assert "time_to_target_s" not in partly and partly["target_reached_runs"] == 1
+    assert partly["time_to_target"] == "accuracy ≥ 0.9 reached in only 1/3 runs (fastest 0.2 s at step 8) " \
+        "(eval every 4): no time given"
+    failed = {"status": "failed", "evals_run": 4, "time_to_target_s": None}
+    assert time_to_target(Cell(key=(), rows=[failed, row(0.4, 12)]), digits, samples=200)["time_to_target_s"] == 0.4
+    assert time_to_target(Cell(key=(), rows=[row(0.4, 12)]), {"target_metric": None}, samples=200) == {
+        "time_to_target": "no target declared"}
 
 
 def test_scaling_fit_recovers_the_planted_fixed_overhead(store):
