@@ -126,13 +126,13 @@ def test_eval_every_reaches_the_worker_process(tmp_path, capsys):
     assert result["summary"]["eval_every"] == 10
 
 
-def test_a_failed_run_keeps_the_validations_it_made(tmp_path):
+def test_a_failed_run_keeps_the_validations_it_made(tmp_path, plugin_env):
     """The partial trajectory of a failure carries its periodic validations too (FAILED runs show them)."""
     from tests.conftest import small_spec
     from tests.plugins.bakeoff_fault_adapters import FAULT_STEP
 
     spec = small_spec(adapter="fault-raise", task="digits", steps=6)  # digits declares a target: it validates
     result = run_inline(spec, tmp_path, save_weights=False, eval_every=1)
-    assert result["status"] == "failed"
+    assert result["status"] == "failed" and "planted failure" in result["error"], result["error"]
     assert len(result["trajectory"]["losses"]) == FAULT_STEP
     assert [e["step"] for e in result["trajectory"]["evals"]] == list(range(1, FAULT_STEP + 1))
