@@ -17,7 +17,7 @@ import torch
 
 from harness import tracking
 from harness.cli import main
-from reports.analysis import Cell, compare_ci, time_to_target
+from reports.analysis import Cell, combined_verdict, compare_ci, time_to_target
 from reports.build import build_report, verify_report, write_report
 from reports.source import RunRecord, Selection, records_from_results
 from tasks.scaling import flops_per_sample
@@ -177,6 +177,16 @@ def test_validation_curves_are_plotted_against_training_time_for_tasks_with_a_ta
     assert f"]({targets[0]})" in (written / "report.md").read_text(encoding="utf-8")
     keras = next(r for r in report.records if r.tag("adapter") == "keras")
     assert [step for step, _ in keras.histories["valid_metric"]] == list(EVAL_STEPS)
+
+
+def test_a_verdict_needs_the_test_and_the_ci_to_agree():
+    # Pooled steps say slower, but the repeats' CI still contains 1: no measurable difference.
+    assert combined_verdict("slower", 0.95, 1.30) == "no measurable difference"
+    assert combined_verdict("faster", 0.80, 1.00) == "no measurable difference"
+    assert combined_verdict("slower", 1.05, 1.30) == "slower"
+    assert combined_verdict("faster", 0.70, 0.95) == "faster"
+    assert combined_verdict("no measurable difference", 1.2, 1.3) == "no measurable difference"
+    assert combined_verdict("slower", None, None) == "slower"  # no CI to contradict it
 
 
 def test_time_to_target_gives_a_time_only_when_every_run_reached_it():
