@@ -175,8 +175,11 @@ def test_validation_curves_are_plotted_against_training_time_for_tasks_with_a_ta
     caption, png = report.figures[targets[0]]
     assert "target 0.9" in caption and png.startswith(b"\x89PNG")
     assert f"]({targets[0]})" in (written / "report.md").read_text(encoding="utf-8")
-    keras = next(r for r in report.records if r.tag("adapter") == "keras")
-    assert [step for step, _ in keras.histories["valid_metric"]] == list(EVAL_STEPS)
+    # Every finished keras run validated (the keras DDP cell is unsupported: no run, no curve).
+    keras = [r for r in report.records if r.tag("adapter") == "keras" and r.tag("status") == "ok"]
+    assert len(keras) == 3
+    for record in keras:
+        assert [step for step, _ in record.histories["valid_metric"]] == list(EVAL_STEPS)
 
 
 def test_a_verdict_needs_the_test_and_the_ci_to_agree():
