@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import envs
+from harness import envs, locks
 from harness.environment import REPO_ROOT
 from harness.result import ResultError, base_result, read_result, result_path, write_result
 from harness.spec import Spec
@@ -260,17 +259,8 @@ class Claim:
     @contextlib.contextmanager
     def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / self.LOCK_NAME, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                locked = True
-            except OSError:  # no flock here (some network filesystems): O_EXCL alone still decides
-                locked = False
-            try:
-                yield
-            finally:
-                if locked:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+        with open(self.path.parent / self.LOCK_NAME, "a") as handle, locks.exclusive(handle):
+            yield  # without flock (some network filesystems) the O_EXCL / link step alone decides
 
     def acquire(self) -> bool:
         with self._locked():

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import locks
 from harness.environment import REPO_ROOT, git_state
 from harness.spec import Spec
 
@@ -654,17 +654,8 @@ def _logging_lock(results_dir: Path):
     except OSError:  # someone else's or a read-only folder: the lock lives in /tmp, keyed by the folder
         key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
         handle = open(Path(tempfile.gettempdir()) / f"bakeoff-tracking-{key}.lock", "a")  # noqa: SIM115
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            locked = True
-        except OSError:  # no flock on this filesystem: log without it (the store still dedups per pass)
-            locked = False
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    with handle, locks.exclusive(handle):
+        yield  # without flock on this filesystem the pass runs unlocked (the store still dedups per pass)
 
 
 def _log_pass(

@@ -20,6 +20,7 @@ from harness.tracking import (
     TAG,
     client,
     experiment_name,
+    search_kind,
 )
 
 
@@ -166,18 +167,6 @@ def records_from_results(results: list[dict[str, Any]], results_dir: Path | None
     return records
 
 
-def _search(mlflow_client, experiment_id: str, kind: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = mlflow_client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG}kind` = '{kind}'", max_results=5000, page_token=token
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _order(run) -> tuple[int, str]:
     return (run.info.start_time or 0, run.info.run_id)
 
@@ -223,7 +212,7 @@ def load_runs(uri: str, selection: Selection, *, with_histories: bool = True) ->
         if experiment is None:
             raise SourceError(f"no experiment {name!r} in {uri}; run `bakeoff bench` or `bakeoff ingest` first")
         origin.update(experiment=experiment.name, experiment_id=experiment.experiment_id)
-        runs = newest_per_spec(_search(mlflow_client, experiment.experiment_id, KIND_RESULT))
+        runs = newest_per_spec(search_kind(mlflow_client, experiment.experiment_id, KIND_RESULT))
         suites = sorted({r.data.tags.get(TAG + "suite", "") for r in runs})
         origin["suite"] = selection.suite or (suites[0] if len(suites) == 1 else None)
     if not runs:

@@ -150,12 +150,12 @@ def test_a_claim_from_another_host_is_honoured_until_it_expires(tmp_path):
 
 @pytest.mark.parametrize("missing", ["hard links", "flock"])
 def test_claims_work_on_filesystems_without_hard_links_or_flock(tmp_path, monkeypatch, missing):
-    from harness import runner
+    from harness import locks, runner
 
     def unsupported(*args, **kwargs):
         raise OSError(95, "Operation not supported")
 
-    monkeypatch.setattr(runner.os if missing == "hard links" else runner.fcntl,
+    monkeypatch.setattr(runner.os if missing == "hard links" else locks.fcntl,
                         "link" if missing == "hard links" else "flock", unsupported)
     spec = Spec(task="digits", adapter="native", device="cpu", batch_size=8, steps=2, lr=0.1)
     first, second = runner.Claim(tmp_path, spec), runner.Claim(tmp_path, spec)
