@@ -419,21 +419,29 @@ def partner_runs(results: list[Mapping[str, Any]], runs: Iterable[Any]) -> list[
     ours = {r["spec_id"] for r in results}
     cells = {(r["spec"]["task"], r["spec"]["precision"]) for r in results}
     ours_native = any(r["spec"]["adapter"] == "native" and r["spec"]["mode"] == "aligned" for r in results)
-    newest: dict[str, Any] = {}
-    for run in runs:
+
+    def may_pair(run) -> bool:
         tags = run.data.tags
-        spec_id = tags.get(TAG + "spec_id")
-        if spec_id in ours or (tags.get(TAG + "task"), tags.get(TAG + "precision")) not in cells:
-            continue
-        if not ours_native and (tags.get(TAG + "adapter"), tags.get(TAG + "mode")) != ("native", "aligned"):
-            continue
-        current = newest.get(spec_id)
-        if current is None or (run.info.start_time or 0, run.info.run_id) > (
-            current.info.start_time or 0,
-            current.info.run_id,
-        ):
-            newest[spec_id] = run
-    return list(newest.values())
+        if tags.get(TAG + "spec_id") in ours or (tags.get(TAG + "task"), tags.get(TAG + "precision")) not in cells:
+            return False
+        return ours_native or (tags.get(TAG + "adapter"), tags.get(TAG + "mode")) == ("native", "aligned")
+
+    return newest_per_spec([run for run in runs if may_pair(run)])
+
+
+def newest_per_spec(runs: Iterable[Any]) -> list[Any]:
+    """The newest run per spec id (a rerun of a spec supersedes the earlier result)."""
+    chosen: dict[str, Any] = {}
+    for run in runs:
+        spec_id = run.data.tags.get(TAG + "spec_id")
+        current = chosen.get(spec_id)
+        if current is None or _started(run) > _started(current):
+            chosen[spec_id] = run
+    return list(chosen.values())
+
+
+def _started(run) -> tuple[int, str]:
+    return (run.info.start_time or 0, run.info.run_id)
 
 
 def stored_results(mlflow_client, runs: list[Any], cache: dict[str, Any]) -> dict[str, Any]:

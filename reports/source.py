@@ -20,6 +20,7 @@ from harness.tracking import (
     TAG,
     client,
     experiment_name,
+    newest_per_spec,
     search_kind,
 )
 
@@ -165,21 +166,6 @@ def records_from_results(results: list[dict[str, Any]], results_dir: Path | None
             environment={k: environment[k] for k in ENVIRONMENT_KEYS if k in environment},
         ))
     return records
-
-
-def _order(run) -> tuple[int, str]:
-    return (run.info.start_time or 0, run.info.run_id)
-
-
-def newest_per_spec(runs: list[Any]) -> list[Any]:
-    """The newest run per spec id (a rerun of a spec supersedes the earlier result)."""
-    chosen: dict[str, Any] = {}
-    for run in runs:
-        spec_id = run.data.tags.get(TAG + "spec_id")
-        current = chosen.get(spec_id)
-        if current is None or _order(run) > _order(current):
-            chosen[spec_id] = run
-    return list(chosen.values())
 
 
 def load_runs(uri: str, selection: Selection, *, with_histories: bool = True) -> tuple[list[RunRecord], dict[str, Any]]:
