@@ -63,6 +63,17 @@ def inline(tmp_path):
     return run
 
 
+@pytest.fixture(scope="module")
+def envs_build_root(tmp_path_factory):
+    """Isolated environments built by this test module go to a scratch folder, not the repo's `.envs/`."""
+    from harness import envs
+
+    root = tmp_path_factory.mktemp("envs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(envs, "BUILD_ROOT", root)
+        yield root
+
+
 @pytest.fixture
 def plugin_env(monkeypatch):
     """Put the test-only plugin distribution (fault adapters) on the path of spawned workers."""

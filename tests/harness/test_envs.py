@@ -34,15 +34,7 @@ def interpreter_says(python: Path, code: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def build_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("envs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(envs, "BUILD_ROOT", root)
-        yield root
-
-
-@pytest.fixture(scope="module")
-def pin_check(build_root):
+def pin_check(envs_build_root):
     """A fresh build of envs/pin-check.txt, with the main site-packages listed before and after."""
     before = envs.site_listing(MAIN_SITE_PACKAGES)
     built = envs.ensure_built(envs.load_spec("pin-check"))
@@ -121,7 +113,7 @@ def test_runner_runs_a_declared_environment_with_same_math(pin_check, inline, mo
     assert on_disk["environment"]["isolated"]["key"] == built.spec.key
 
 
-def test_an_environment_that_cannot_build_fails_the_spec_not_the_suite(build_root, monkeypatch, tmp_path):
+def test_an_environment_that_cannot_build_fails_the_spec_not_the_suite(envs_build_root, monkeypatch, tmp_path):
     envs_dir = tmp_path / "envs"
     envs_dir.mkdir()
     (envs_dir / "broken.txt").write_text("six==1.16.0 ; this is not a marker\n")  # pip rejects it offline

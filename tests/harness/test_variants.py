@@ -194,15 +194,7 @@ def test_a_suite_file_runs_both_versions_side_by_side(capsys, tmp_path):
 # --- a variant really runs in its environment (six-native@1.16.0) --------------------------------
 
 
-@pytest.fixture(scope="module")
-def variant_build_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("variant-envs")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(envs, "BUILD_ROOT", root)
-        yield root
-
-
-def test_a_variant_runs_in_its_environment_with_the_pinned_library(plugin_env, variant_build_root, inline, tmp_path):
+def test_a_variant_runs_in_its_environment_with_the_pinned_library(plugin_env, envs_build_root, inline, tmp_path):
     spec = Spec(adapter=VARIANT, **FIELDS)
     environment = envs.environment_spec(VARIANT)
     assert environment.requirements == (f"six=={PINNED_SIX}",)  # "<1.16" extras do not apply
@@ -213,7 +205,7 @@ def test_a_variant_runs_in_its_environment_with_the_pinned_library(plugin_env, v
     result = run_spec(spec, RunOptions(results_dir=tmp_path / "variant", timeout_s=300))
     assert result["status"] == "ok", (result.get("error"), result.get("output_tail"))
     built = envs.load(environment)
-    assert built is not None and built.path.parent == variant_build_root
+    assert built is not None and built.path.parent == envs_build_root
     isolated = result["environment"]["isolated"]
     assert isolated["name"] == VARIANT and isolated["key"] == environment.key
     assert {"name": "six", "version": PINNED_SIX, "origin": "own"} in isolated["packages"]
