@@ -16,7 +16,7 @@ import torch
 from harness.overhead import make_job
 from harness.probe import Probe
 from harness.registry import RegistryError, adapter_names, get_adapter
-from harness.worker import step_durations_ns
+from harness.durations import step_durations_ns
 from kernels.determinism import set_determinism
 
 STEPS, WARMUP, ROUNDS = 40, 5, 5

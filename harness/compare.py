@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.durations import measured_steps_us as steps_after_warmup
 from harness.result import ResultError, read_result
 from harness.stats import mann_whitney, ratio_ci
-from harness.worker import step_durations_ns
 
 DEFAULT_THRESHOLD = 0.10
 
@@ -51,10 +51,7 @@ def describe_key(key: tuple) -> str:
 
 def measured_steps_us(result: dict[str, Any]) -> list[float]:
     """Per-step durations in µs after the run's warm-up steps."""
-    durations = step_durations_ns(result["trajectory"]["step_end_ns"])
-    warmup = result.get("summary", {}).get("warmup_steps", 0)
-    kept = durations[warmup:] if len(durations) > warmup + 1 else durations[1:]
-    return [d / 1e3 for d in kept]
+    return steps_after_warmup(result["trajectory"]["step_end_ns"], result.get("summary", {}).get("warmup_steps", 0))
 
 
 def load_results(source: Path) -> list[dict[str, Any]]:

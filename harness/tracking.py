@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import locks
+from harness.durations import step_durations_ns
 from harness.environment import REPO_ROOT, git_state
 from harness.spec import Spec
 
@@ -217,7 +218,7 @@ def params_of(spec: Mapping[str, Any]) -> dict[str, str]:
 
 def step_times_us(step_end_ns: list[int]) -> list[float]:
     """Each step's duration in µs: the first from fit start, the rest between consecutive step ends."""
-    return [(end - previous) / 1e3 for previous, end in zip([0, *step_end_ns[:-1]], step_end_ns)]
+    return [d / 1e3 for d in step_durations_ns(step_end_ns)]
 
 
 def eval_histories(trajectory: Mapping[str, Any]) -> dict[str, list[tuple[int, float]]]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
+from harness.durations import after_warmup
 from reports.source import RunRecord
 
 LOW_PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp16")
@@ -98,10 +99,9 @@ def _plain(value: Any) -> Any:
 
 
 def measured_steps_us(record: RunRecord) -> list[float]:
-    """Per-step µs after the run's warm-up steps (the rule of ``harness.compare.measured_steps_us``)."""
+    """Per-step µs after the run's warm-up steps (``harness.durations.after_warmup``)."""
     durations = [v for _, v in record.histories.get("step_time_us", [])]
-    warmup = int(record.metrics.get("warmup_steps", 0))
-    kept = durations[warmup:] if len(durations) > warmup + 1 else durations[1:]
+    kept = after_warmup(durations, int(record.metrics.get("warmup_steps", 0)))
     return [v for v in kept if math.isfinite(v)]
 
 
@@ -626,12 +626,12 @@ def distributed_table(frame: pd.DataFrame) -> Table:
 
 
 INFERENCE_LIBRARIES = {"fastai": "fastai", "keras": "keras", "hf": "transformers (Trainer)", "flash": "lightning-flash"}
-"""Adapter (without a version) → the library name its rows carry in ``adapters.inference``."""
+"""Adapter (without a version) → the library name its rows carry in ``reports.inference``."""
 
 
 def inference_table(frame: pd.DataFrame) -> Table:
     """What each compared high-level API infers from the data and what its user states by hand."""
-    from adapters.inference import inference_table as rows_of
+    from reports.inference import inference_table as rows_of
 
     present = {str(a).partition("@")[0] for a in frame["adapter"].dropna()} if "adapter" in frame else set()
     libraries = {INFERENCE_LIBRARIES[a] for a in present if a in INFERENCE_LIBRARIES}
