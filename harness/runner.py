@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 
 from harness import envs, locks
 from harness.environment import REPO_ROOT
+from harness.process import ORCHESTRATOR_ENV, die_with_parent, orchestrator_token
 from harness.result import ResultError, base_result, read_result, result_path, write_result
 from harness.spec import Spec
 
@@ -98,21 +100,6 @@ def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall
     ]
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no orphaned workers).
-
-    Runs in the child before exec; the worker sets it again for torchrun's ranks. A no-op
-    where prctl is unavailable.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
 def _kill_group(process: subprocess.Popen) -> None:
     """Stop the worker and everything it started (torchrun's ranks) by process group."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -131,6 +118,7 @@ def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[ORCHESTRATOR_ENV] = orchestrator_token()  # every rank exits when this process is gone
     return env
 
 
@@ -157,7 +145,7 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
                 stdout=stderr,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so a timeout kills every rank
-                preexec_fn=die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
             timed_out = False
             try:
