@@ -8,9 +8,9 @@ runs the loop, and calls the probe from its library's own hook mechanism.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -23,6 +23,35 @@ from tasks.base import OptimizerRecipe, Task, TaskData
 
 STYLES = ("native", "inheritance", "callback", "high-level")
 MODES = ("aligned", "defaults")
+
+
+class Probe(Protocol):
+    """What an adapter calls while training (``harness.probe.Probe`` is the implementation).
+
+    ``add_loss`` once per micro-batch with its un-scaled loss, ``step_end`` once per optimizer
+    step, from the library's own hook mechanism. Neither may force a device sync.
+    """
+
+    def add_loss(self, loss: torch.Tensor) -> None: ...
+
+    def step_end(self, loss: torch.Tensor | None = None) -> None: ...
+
+    @property
+    def steps(self) -> int: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """What an adapter is asked to run, before anything is built: ``check`` and ``expected_parity`` read it."""
+
+    task: Task
+    mode: str = "aligned"
+    precision: str = "fp32"
+    world_size: int = 1
+    grad_accum: int = 1
+    device_type: str = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The task's options as the spec gives them (not yet resolved against the task's defaults)."""
 
 
 @dataclass(kw_only=True)
@@ -52,7 +81,7 @@ class Job:
     """Optimizer steps to run."""
     lr: float
     grad_accum: int
-    probe: Any
+    probe: Probe
     """The harness probe: ``add_loss(loss)`` per micro-batch, ``step_end()`` after each optimizer step."""
     workdir: str
     """A scratch folder this run may write to (logs, checkpoints of the library's defaults)."""
@@ -61,6 +90,19 @@ class Job:
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         return self.optimizer.build(params, lr=self.lr)
+
+    @property
+    def request(self) -> Request:
+        """The request this job answers (for an adapter that re-checks inside ``fit``)."""
+        return Request(
+            task=self.task,
+            mode=self.mode,
+            precision=self.precision.name,
+            world_size=self.dist.world_size,
+            grad_accum=self.grad_accum,
+            device_type=self.device.type,
+            options=self.options,
+        )
 
 
 class Unsupported(Exception):
@@ -78,25 +120,37 @@ class Adapter:
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16-mixed", "fp16-mixed")
     distributed: ClassVar[bool] = True
     """Whether the adapter can run under torchrun with world size > 1."""
+    not_distributed_reason: ClassVar[str | None] = None
+    """Why not, when ``distributed`` is False: the reason an ``unsupported`` DDP result carries."""
     environment: ClassVar[str | None] = None
     """An isolated environment its workers run in (``envs/<name>.txt``, see harness.envs); None: the main one."""
     variant_requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
     """Extra pins for ``<name>@<version>`` environments: PEP 440 specifier → pip requirements, each
     added when the requested version matches it (e.g. ``{"<2.4": ("setuptools<81",)}``)."""
 
-    def check(self, *, task: Task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
-        """Why this adapter cannot run the spec, or None when it can. Called before launching."""
-        if mode not in self.modes:
-            return f"{self.name} has no {mode!r} mode (modes: {', '.join(self.modes)})"
-        if precision not in self.precisions:
-            return f"{self.name} does not support {precision}"
-        if world_size > 1 and not self.distributed:
-            return f"{self.name} cannot run distributed (world size {world_size})"
+    def check(self, request: Request) -> str | None:
+        """Why this adapter cannot run the request, or None when it can. Called before launching.
+
+        The checks every adapter shares run first; then :meth:`refuse`, the adapter's own.
+        Subclasses override ``refuse``, not this.
+        """
+        if request.mode not in self.modes:
+            return f"{self.name} has no {request.mode!r} mode (modes: {', '.join(self.modes)})"
+        if request.precision not in self.precisions:
+            return f"{self.name} does not support {request.precision}"
+        if request.world_size > 1 and not self.distributed:
+            return (
+                self.not_distributed_reason or f"{self.name} cannot run distributed (world size {request.world_size})"
+            )
+        return self.refuse(request)
+
+    def refuse(self, request: Request) -> str | None:
+        """The adapter's own reason not to run a request that passed the shared checks, or None."""
         return None
 
-    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
-        """The verdict this adapter declares against native for such a spec."""
-        return "bitwise" if mode == "aligned" and precision == "fp32" else "not-comparable"
+    def expected_parity(self, request: Request) -> str:
+        """The verdict this adapter declares against native for such a request."""
+        return "bitwise" if request.mode == "aligned" and request.precision == "fp32" else "not-comparable"
 
     def fit(self, job: Job) -> nn.Module:
         """Train ``job.model`` for ``job.steps`` optimizer steps; return the trained (unwrapped) model."""

@@ -37,8 +37,8 @@ from fastai.learner import Learner
 from fastai.optimizer import SGD, Adam, OptimWrapper
 from fastai.torch_core import to_float
 
-from adapters.base import Adapter, Job, Unsupported
-from tasks.base import OptimizerRecipe, Task
+from adapters.base import Adapter, Job, Request, Unsupported
+from tasks.base import OptimizerRecipe
 
 _DDP_ROUTE = {
     "aligned": (
@@ -197,27 +197,22 @@ class FastaiAdapter(Adapter):
     style = "callback"
     library = "fastai"
 
-    def check(self, *, task: Task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
-        reason = super().check(
-            task=task, mode=mode, precision=precision, world_size=world_size, device_type=device_type
-        )
-        if reason:
-            return reason
-        if precision == "fp16-mixed" and device_type != "cuda":
+    def refuse(self, request: Request) -> str | None:
+        if request.precision == "fp16-mixed" and request.device_type != "cuda":
             return "fp16-mixed needs CUDA (fastai's MixedPrecision uses CUDA autocast and a CUDA GradScaler)"
-        if mode == "defaults":
+        if request.mode == "defaults":
             try:
-                fastai_optimizer(task.optimizer)
+                fastai_optimizer(request.task.optimizer)
             except Unsupported as error:
                 return str(error)
         return None
 
-    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
-        if mode != "aligned":
+    def expected_parity(self, request: Request) -> str:
+        if request.mode != "aligned":
             return "not-comparable"
-        if precision == "fp16-mixed":
+        if request.precision == "fp16-mixed":
             return "close"  # fastai's own GradScaler loop; not measured on CPU
-        if world_size > 1 and grad_accum > 1:
+        if request.world_size > 1 and request.grad_accum > 1:
             # fastai all-reduces on every micro-batch (no no_sync): same sum, another float order.
             return "close"
         return "bitwise"
@@ -275,7 +270,7 @@ class FastaiAdapter(Adapter):
             f"DataLoaders.from_dsets: TfmdDL(shuffle=True, drop_last=True, num_workers={dls.train.fake_l.num_workers})"
         )
         job.notes["not_comparable"] = "fastai defaults mode uses fastai's shuffled loaders and fastai's optimizer"
-        metrics = None if job.task.metric_name == "perplexity" else job.task.metric
+        metrics = job.task.metric if job.task.metric_from_loss is None else None
         learn = Learner(
             dls, job.model, loss_func=job.loss, opt_func=opt_func, lr=job.lr, path=job.workdir, metrics=metrics
         )

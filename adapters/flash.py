@@ -11,7 +11,7 @@ What a Flash user writes: a task object (here the generic ``flash.Task``, or
 ``ImageClassifier`` live in ``flash.image``, which no longer imports because pystiche fails with
 current torchvision, and ``flash.tabular`` cannot be installed), ``flash.Trainer(...)`` and
 ``trainer.fit(task, ...)``. The user states the model, the loss, the optimizer and, for a
-classification task, ``num_classes`` by hand (see adapters/inference.py).
+classification task, ``num_classes`` by hand (see reports/inference.py).
 
 - ``aligned``: the harness's loader, the task's torch optimizer class and hyper-parameters via
   Flash's ``optimizer=`` / ``learning_rate=``, no sanity validation, progress bar, logger,
@@ -33,7 +33,7 @@ import sys
 import warnings
 from typing import Any
 
-from adapters.base import Adapter, Job, Unsupported
+from adapters.base import Adapter, Job, Request, Unsupported
 
 FLASH_PRECISION = {"fp32": 32, "bf16-mixed": "bf16", "fp16-mixed": 16}
 """The harness's precision names → Lightning 1.9's ``Trainer(precision=...)`` values."""
@@ -87,22 +87,17 @@ class FlashAdapter(Adapter):
     distributed = False
     """Not wired: Flash's Trainer is Lightning 1.9's, whose DDP join of an existing torchrun group is untested here."""
 
-    def check(self, *, task, mode: str, precision: str, world_size: int, device_type: str) -> str | None:
-        reason = super().check(
-            task=task, mode=mode, precision=precision, world_size=world_size, device_type=device_type
-        )
-        if reason:
-            return reason
-        if precision == "fp16-mixed" and device_type != "cuda":
+    def refuse(self, request: Request) -> str | None:
+        if request.precision == "fp16-mixed" and request.device_type != "cuda":
             return "flash (Lightning 1.9) runs fp16-mixed with a GradScaler on CUDA only"
         return None
 
-    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
+    def expected_parity(self, request: Request) -> str:
         # Measured on CPU (notes/issue-11.md): aligned fp32 and bf16-mixed runs are bitwise equal
         # to native; Lightning 1.9's automatic optimization is the native loop's math.
-        if mode == "aligned" and grad_accum & (grad_accum - 1) == 0:
+        if request.mode == "aligned" and request.grad_accum & (request.grad_accum - 1) == 0:
             return "bitwise"
-        if mode == "aligned":
+        if request.mode == "aligned":
             return "close"  # loss / k * k in the probe is not exact for k not a power of two
         return "not-comparable"
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_constant_schedule
 from transformers.trainer_callback import PrinterCallback
 
-from adapters.base import Adapter, Job
+from adapters.base import Adapter, Job, Request
 
 INPUTS, LABELS = "inputs", "labels"
 """Batch keys. ``labels`` is the Trainer's conventional name for targets."""
@@ -106,13 +106,13 @@ class HFTrainerAdapter(Adapter):
     style = "high-level"
     library = "transformers"
 
-    def check(self, *, task, mode, precision, world_size, device_type):
-        if precision == "fp16-mixed" and device_type != "cuda":
+    def refuse(self, request: Request) -> str | None:
+        if request.precision == "fp16-mixed" and request.device_type != "cuda":
             return "Trainer fp16=True needs a CUDA device (GradScaler); use bf16-mixed on CPU"
-        return super().check(task=task, mode=mode, precision=precision, world_size=world_size, device_type=device_type)
+        return None
 
-    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
-        if mode != "aligned":
+    def expected_parity(self, request: Request) -> str:
+        if request.mode != "aligned":
             return "not-comparable"
         # Measured on CPU (tests/adapters/test_hf_trainer.py, notes/issue-6-hf.md): the Trainer runs
         # the same forward / loss / backward / step ops as the native loop: bitwise in fp32, with
@@ -121,7 +121,7 @@ class HFTrainerAdapter(Adapter):
         # autocasts only the forward and casts the logits to fp32, the loss then runs in fp32, which
         # is what CPU autocast does to cross_entropy in the native loop anyway. fp16 (CUDA only)
         # was not measured here; GradScaler schedules may differ, so only "close" is declared.
-        return "close" if precision == "fp16-mixed" else "bitwise"
+        return "close" if request.precision == "fp16-mixed" else "bitwise"
 
     def training_arguments(self, job: Job) -> TrainingArguments:
         common: dict[str, Any] = {

@@ -36,7 +36,7 @@ import math
 import os
 from typing import Any
 
-from adapters.base import Adapter, Job, Unsupported
+from adapters.base import Adapter, Job, Request, Unsupported
 
 # Keras picks its backend once, at first import, from KERAS_BACKEND (or ~/.keras/keras.json).
 _backend = os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -189,34 +189,27 @@ class KerasAdapter(Adapter):
     style = "high-level"
     library = "keras"
     distributed = False
+    not_distributed_reason = DISTRIBUTED_REASON
 
-    def check(self, *, task, mode, precision, world_size, device_type):
-        if world_size > 1:
-            return DISTRIBUTED_REASON
-        if mode == "defaults" and precision != "fp32":
+    def refuse(self, request: Request) -> str | None:
+        if request.mode == "defaults" and request.precision != "fp32":
             policy, dtype = (
-                ("mixed_bfloat16", "bfloat16") if precision == "bf16-mixed" else ("mixed_float16", "float16")
+                ("mixed_bfloat16", "bfloat16") if request.precision == "bf16-mixed" else ("mixed_float16", "float16")
             )
             return MIXED_POLICY_REASON.format(policy=policy, dtype=dtype)
-        return super().check(task=task, mode=mode, precision=precision, world_size=world_size, device_type=device_type)
+        return None
 
-    def expected_parity(self, *, mode, precision, world_size, grad_accum):
+    def expected_parity(self, request: Request) -> str:
         # Measured on CPU for fp32, bf16-mixed and accumulation (notes/issue-6-keras.md): aligned
         # runs the native loop's operations in the same order inside Keras' fit, so every step
         # loss and every weight is bitwise equal. fp16-mixed (CUDA) takes the same harness
         # GradScaler path but has not been measured.
-        if mode == "aligned" and world_size == 1:
+        if request.mode == "aligned" and request.world_size == 1:
             return "bitwise"
         return "not-comparable"
 
     def fit(self, job: Job):
-        reason = self.check(
-            task=job.task,
-            mode=job.mode,
-            precision=job.precision.name,
-            world_size=job.dist.world_size,
-            device_type=job.device.type,
-        )
+        reason = self.check(job.request)
         if reason:
             raise Unsupported(reason)
         with keras.device(str(job.device)):

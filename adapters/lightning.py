@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from adapters.base import Adapter, Job
+from adapters.base import Adapter, Job, Request
 
 try:  # Lightning >= 2.1 (2.4's plugins.precision exports only this name)
     from lightning.pytorch.plugins.precision import MixedPrecision
@@ -45,7 +45,7 @@ class TaskModule(L.LightningModule):
         super().__init__()
         self.model = job.model
         self.loss_fn = job.loss
-        self.metric_fn = None if job.task.metric_name == "perplexity" else job.task.metric
+        self.metric_fn = job.task.metric if job.task.metric_from_loss is None else None
         self.metric_name = job.task.metric_name
         self.build_optimizer = job.make_optimizer
         self.log_metrics = log_metrics
@@ -118,13 +118,13 @@ class LightningAdapter(Adapter):
     # namespace packages with ``pkg_resources``, which setuptools 81 removed.
     variant_requirements = {"<2.4": ("setuptools<81",)}
 
-    def expected_parity(self, *, mode: str, precision: str, world_size: int, grad_accum: int) -> str:
+    def expected_parity(self, request: Request) -> str:
         # Measured on CPU (notes/issue-4.md): aligned runs are bitwise equal to native in fp32 and
         # bf16-mixed, single process and 2-rank gloo DDP, with and without accumulation. Lightning's
         # autocast region (training_step: forward + loss) and its loss / k are the native loop's.
         # fp16-mixed (CUDA only) adds a GradScaler whose unscale_ Lightning calls before step();
         # scaler.step() would do the same unscale, so it is declared bitwise as well.
-        if mode == "aligned":
+        if request.mode == "aligned":
             return "bitwise"
         return "not-comparable"
 

@@ -9,9 +9,24 @@ from __future__ import annotations
 
 import os
 
+from adapters.base import Request
 from harness.registry import RegistryError, adapter_table, get_adapter, get_task
 from harness.spec import Spec, SpecError
 from kernels.precision import PrecisionError, make_precision
+from tasks.base import Task
+
+
+def request_for(spec: Spec, task: Task | None = None) -> Request:
+    """The adapter-side view of a spec: what ``Adapter.check`` and ``expected_parity`` judge."""
+    return Request(
+        task=task if task is not None else get_task(spec.task),
+        mode=spec.mode,
+        precision=spec.precision,
+        world_size=spec.world_size,
+        grad_accum=spec.grad_accum,
+        device_type=spec.device,
+        options=dict(spec.options),
+    )
 
 
 def cuda_available() -> bool:
@@ -53,10 +68,4 @@ def unsupported_reason(spec: Spec) -> str | None:
         adapter = get_adapter(spec.adapter)
     except RegistryError as error:
         return str(error)
-    return adapter.check(
-        task=get_task(spec.task),
-        mode=spec.mode,
-        precision=spec.precision,
-        world_size=spec.world_size,
-        device_type=spec.device,
-    )
+    return adapter.check(request_for(spec))

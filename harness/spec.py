@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from kernels.precision import PRECISIONS
@@ -18,6 +18,19 @@ SPEC_VERSION = 1
 
 # Upper bounds that catch typos (steps=1e9) before they occupy a machine for a week.
 LIMITS = {"steps": 1_000_000, "batch_size": 1_000_000, "grad_accum": 1024, "world_size": 1024, "repeat": 10_000}
+
+
+FIRST_VERSION_FIELDS = frozenset({
+    "task", "adapter", "mode", "precision", "world_size", "seed", "batch_size", "steps", "lr", "grad_accum",
+    "device", "options", "deterministic", "repeat",
+})
+"""The fields of the first spec version: always in the canonical JSON (see ``Spec.canonical_json``)."""
+
+
+def _default(spec_field) -> Any:
+    if spec_field.default_factory is not MISSING:
+        return spec_field.default_factory()
+    return spec_field.default
 
 
 class SpecError(ValueError):
@@ -135,7 +148,13 @@ class Spec:
         return data
 
     def canonical_json(self) -> str:
-        return json.dumps({"version": SPEC_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """The JSON the id hashes. Fields added after the first spec version are left out while they
+        hold their default, so a spec that does not use them keeps the id it always had."""
+        data = self.to_dict()
+        for spec_field in fields(self):
+            if spec_field.name not in FIRST_VERSION_FIELDS and data[spec_field.name] == _default(spec_field):
+                del data[spec_field.name]
+        return json.dumps({"version": SPEC_VERSION, **data}, sort_keys=True, separators=(",", ":"))
 
     @property
     def spec_id(self) -> str:

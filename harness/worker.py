@@ -24,24 +24,21 @@ WORKER_START_WALL_NS = time.time_ns()
 
 import torch  # noqa: E402
 
-from adapters.base import Job, Unsupported  # noqa: E402
+from adapters.base import Adapter, Job, Unsupported  # noqa: E402
 from harness import environment  # noqa: E402
+from harness.durations import after_warmup, step_durations_ns  # noqa: E402
+from harness.plan import request_for  # noqa: E402
 from harness.probe import Probe  # noqa: E402
+from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
 from harness.registry import get_adapter, get_task  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
-from harness.runner import die_with_parent  # noqa: E402
 from harness.spec import Spec  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
-from kernels.distributed import all_reduce_mean, init_from_env, shutdown  # noqa: E402
+from kernels.distributed import DistContext, all_reduce_mean, init_from_env, shutdown  # noqa: E402
 from kernels.precision import make_precision  # noqa: E402
 from kernels.sampling import ShardedBatchSampler, batch_loader  # noqa: E402
 
 EVAL_BATCH = 256
-
-
-def step_durations_ns(step_end_ns: list[int]) -> list[int]:
-    """Each step's duration: the first from fit start, the rest between consecutive step ends."""
-    return [end - previous for previous, end in zip([0, *step_end_ns[:-1]], step_end_ns, strict=True)]
 
 
 def time_to_target(
@@ -66,7 +63,7 @@ def time_to_target(
 
 def summarize(spec: Spec, step_end_ns: list[int], warmup: int) -> dict[str, Any]:
     durations = step_durations_ns(step_end_ns)
-    measured = durations[warmup:] if len(durations) > warmup + 1 else durations[1:] or durations
+    measured = after_warmup(durations, warmup)
     summary: dict[str, Any] = {"steps_completed": len(step_end_ns), "warmup_steps": min(warmup, len(durations))}
     if measured:
         median_ns = statistics.median(measured)
@@ -108,17 +105,14 @@ def evaluate(job: Job) -> dict[str, float]:
         output = output.float()
         size = len(targets)
         total_loss += float(job.task.loss(output, targets)) * size
-        if job.task.metric_name != "perplexity":
+        if job.task.metric_from_loss is None:
             total_metric += float(job.task.metric(output, targets)) * size
         count += size
     for module, training in modes:
         module.training = training
     eval_loss = total_loss / count
-    metric = (
-        torch.exp(torch.tensor(min(eval_loss, 50.0))).item()
-        if job.task.metric_name == "perplexity"
-        else total_metric / count
-    )
+    from_loss = job.task.metric_from_loss
+    metric = from_loss(eval_loss) if from_loss is not None else total_metric / count
     return {"eval_loss": eval_loss, "eval_metric": metric}
 
 
@@ -146,6 +140,77 @@ def _terminate(signum, frame) -> None:
     raise Terminated(f"terminated by {signal.Signals(signum).name} (timeout, or another rank failed)")
 
 
+def adapter_record(adapter: Adapter) -> dict[str, Any]:
+    """What a result says about the adapter that ran: name, style, library and its version."""
+    record = {
+        "name": adapter.name,
+        "style": adapter.style,
+        "library": adapter.library,
+        "library_version": environment.package_version(adapter.library),
+    }
+    if getattr(adapter, "variant_of", None):  # `<adapter>@<version>`: what was asked for, next to what ran
+        record.update(variant_of=adapter.variant_of, requested_version=adapter.requested_version)
+    return record
+
+
+def build_job(spec: Spec, task, context: DistContext, probe: Probe, *, workdir: Path) -> Job:
+    """The job an adapter trains: the task's data and seeded model, the harness sampler, precision, probe.
+
+    The same construction serves the process-per-spec worker and the in-process measurements
+    (paired cost, attribution), so every arm of a comparison gets an identical job.
+    """
+    options = task.resolve_options(spec.options)
+    data = task.build_data(options)
+    model = task.build_model(spec.seed, options, data).to(context.device)
+    sampler = ShardedBatchSampler(
+        len(data.train),
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        grad_accum=spec.grad_accum,
+    )
+    return Job(
+        task=task,
+        options=options,
+        data=data,
+        model=model,
+        train_loader=batch_loader(data.train, sampler),
+        sampler=sampler,
+        loss=task.loss,
+        optimizer=task.optimizer,
+        precision=make_precision(spec.precision, spec.device),
+        dist=context,
+        device=context.device,
+        mode=spec.mode,
+        seed=spec.seed,
+        batch_size=spec.batch_size,
+        steps=spec.steps,
+        lr=spec.lr,
+        grad_accum=spec.grad_accum,
+        probe=probe,
+        workdir=str(workdir),
+    )
+
+
+def task_record(job: Job) -> dict[str, Any]:
+    """What a result says about the task it trained: options, metric, data digest, size."""
+    task, data = job.task, job.data
+    return {
+        "name": task.name,
+        "options": job.options,
+        "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "target_metric": task.target_metric,
+        "data_digest": data.digest,
+        "data_source": data.source,
+        "train_samples": len(data.train),
+        "valid_samples": len(data.valid),
+        "parameters": sum(p.numel() for p in job.model.parameters()),
+        "optimizer": task.optimizer.name,
+    }
+
+
 def run(
     spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save_weights: bool, eval_every: int = 0
 ) -> dict[str, Any]:
@@ -159,67 +224,15 @@ def run(
     try:
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
         task = get_task(spec.task)
-        options = task.resolve_options(spec.options)
         import_start = time.perf_counter()
         adapter = get_adapter(spec.adapter)
         result["timing"]["adapter_import_s"] = time.perf_counter() - import_start
-        reason = adapter.check(
-            task=task, mode=spec.mode, precision=spec.precision, world_size=spec.world_size, device_type=spec.device
-        )
+        reason = adapter.check(request_for(spec, task))
         if reason:  # the orchestrator checks too; a worker launched directly must not half-run
             raise Unsupported(reason)
-        result["adapter"] = {
-            "name": adapter.name,
-            "style": adapter.style,
-            "library": adapter.library,
-            "library_version": environment.package_version(adapter.library),
-        }
-        if getattr(adapter, "variant_of", None):  # `<adapter>@<version>`: what was asked for, next to what ran
-            result["adapter"].update(variant_of=adapter.variant_of, requested_version=adapter.requested_version)
-        data = task.build_data(options)
-        model = task.build_model(spec.seed, options, data).to(context.device)
-        result["task"] = {
-            "name": task.name,
-            "options": options,
-            "metric_name": task.metric_name,
-            "higher_is_better": task.higher_is_better,
-            "target_metric": task.target_metric,
-            "data_digest": data.digest,
-            "data_source": data.source,
-            "train_samples": len(data.train),
-            "valid_samples": len(data.valid),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "optimizer": task.optimizer.name,
-        }
-        sampler = ShardedBatchSampler(
-            len(data.train),
-            batch_size=spec.batch_size,
-            seed=spec.seed,
-            rank=context.rank,
-            world_size=context.world_size,
-            grad_accum=spec.grad_accum,
-        )
-        job = Job(
-            task=task,
-            options=options,
-            data=data,
-            model=model,
-            train_loader=batch_loader(data.train, sampler),
-            sampler=sampler,
-            loss=task.loss,
-            optimizer=task.optimizer,
-            precision=make_precision(spec.precision, spec.device),
-            dist=context,
-            device=context.device,
-            mode=spec.mode,
-            seed=spec.seed,
-            batch_size=spec.batch_size,
-            steps=spec.steps,
-            lr=spec.lr,
-            grad_accum=spec.grad_accum,
-            probe=probe,
-            workdir=str(results_dir / "work" / spec.spec_id),
-        )
+        result["adapter"] = adapter_record(adapter)
+        job = build_job(spec, task, context, probe, workdir=results_dir / "work" / spec.spec_id)
+        result["task"] = task_record(job)
         eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it
         if eval_every:
             probe.evaluate_every(eval_every, lambda: evaluate(job))
@@ -293,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-weights", action="store_true")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     args = parser.parse_args(argv)
-    die_with_parent()  # torchrun's ranks must not outlive torchrun
+    die_with_parent()  # a rank must not outlive torchrun (the runner armed it for a single worker)
+    watch_orchestrator()  # nor the orchestrator, however it died
     signal.signal(signal.SIGTERM, _terminate)  # write what we have before going
     spec = Spec.from_dict(json.loads(Path(args.spec).read_text()))
     results_dir = Path(args.results_dir)

@@ -142,6 +142,10 @@ class Task:
 
     loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(cross_entropy)
     metric: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(accuracy)
+    metric_from_loss: ClassVar[Callable[[float], float] | None] = None
+    """Set when the metric is a function of the mean loss (perplexity = exp(loss)): evaluation then
+    derives it from the validation loss instead of averaging ``metric`` over batches, and libraries
+    are not asked to log ``metric`` per batch (a mean of per-batch perplexities is not a perplexity)."""
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, unknown keys and wrong types refused."""

@@ -69,6 +69,11 @@ class CharGPT(nn.Module):
         return self.head(self.norm(self.blocks(x)))
 
 
+def perplexity(loss: float) -> float:
+    """exp(mean cross entropy), capped so a diverged run reports a large finite number."""
+    return math.exp(min(loss, 50.0))
+
+
 class CharLM(Task):
     name = "charlm"
     description = "GPT-style character model (SDPA causal attention) on a generated corpus, perplexity"
@@ -92,6 +97,7 @@ class CharLM(Task):
     }
     metric_name = "perplexity"
     higher_is_better = False
+    metric_from_loss = staticmethod(perplexity)
 
     @staticmethod
     def metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -138,7 +144,3 @@ class CharLM(Task):
             seed,
             lambda: CharGPT(vocab, options["block_size"], options["width"], options["layers"], options["heads"]),
         )
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

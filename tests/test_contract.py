@@ -15,7 +15,8 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from harness.parity import compare_files
-from harness.registry import RegistryError, adapter_names, get_adapter, get_task
+from harness.plan import request_for
+from harness.registry import RegistryError, adapter_names, get_adapter
 from harness.result import validate_result
 from harness.spec import Spec
 from harness.worker import run_inline
@@ -100,13 +101,7 @@ def test_declared_parity_holds_and_reruns_are_identical(adapter_name, tmp_path_f
     def check(spec: Spec) -> None:
         note(f"reproduce with this spec: {spec.canonical_json()}")
         folder = tmp_path_factory.mktemp(adapter_name)
-        reason = adapter.check(
-            task=get_task(spec.task),
-            mode=spec.mode,
-            precision=spec.precision,
-            world_size=spec.world_size,
-            device_type=spec.device,
-        )
+        reason = adapter.check(request_for(spec))
         if reason:  # the adapter says it cannot; then that is the whole contract for this spec
             assert isinstance(reason, str) and reason
             return
@@ -118,9 +113,7 @@ def test_declared_parity_holds_and_reruns_are_identical(adapter_name, tmp_path_f
         check_schema(first)
         assert again["weights_digest"] == first["weights_digest"]
         assert again["trajectory"]["losses"] == first["trajectory"]["losses"]
-        declared = adapter.expected_parity(
-            mode=spec.mode, precision=spec.precision, world_size=spec.world_size, grad_accum=spec.grad_accum
-        )
+        declared = adapter.expected_parity(request_for(spec))
         verdict = compare_files(native, first, folder)
         assert verdict.verdict == declared, verdict.describe()
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.base import Unsupported
+from adapters.base import Request, Unsupported
 from adapters.fastai import CpuBf16, FastaiAdapter, fastai_optimizer
 from harness.parity import compare_files
 from harness.registry import get_adapter, get_task
@@ -42,10 +42,13 @@ def verdict(inline, reference: Spec, candidate: Spec):
 
 def declared(candidate: Spec) -> str:
     return FastaiAdapter().expected_parity(
-        mode=candidate.mode,
-        precision=candidate.precision,
-        world_size=candidate.world_size,
-        grad_accum=candidate.grad_accum,
+        Request(
+            task=get_task(candidate.task),
+            mode=candidate.mode,
+            precision=candidate.precision,
+            world_size=candidate.world_size,
+            grad_accum=candidate.grad_accum,
+        )
     )
 
 
@@ -159,9 +162,9 @@ def test_fastai_optimizer_mapping():
 def test_check_refuses_fp16_on_cpu_only():
     adapter, task = FastaiAdapter(), get_task("scaling")
     common = {"task": task, "mode": "aligned", "world_size": 1}
-    assert "CUDA" in adapter.check(precision="fp16-mixed", device_type="cpu", **common)
-    assert adapter.check(precision="fp16-mixed", device_type="cuda", **common) is None
-    assert adapter.check(precision="bf16-mixed", device_type="cpu", **common) is None
+    assert "CUDA" in adapter.check(Request(precision="fp16-mixed", device_type="cpu", **common))
+    assert adapter.check(Request(precision="fp16-mixed", device_type="cuda", **common)) is None
+    assert adapter.check(Request(precision="bf16-mixed", device_type="cpu", **common)) is None
 
 
 @given(

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.base import Request
 from adapters.hf_trainer import HFTrainerAdapter
 from harness.parity import compare_files
 from harness.registry import get_task
@@ -36,10 +37,13 @@ def pair(inline, **fields):
 
 def declared(spec_fields: dict) -> str:
     return ADAPTER.expected_parity(
-        mode=spec_fields.get("mode", "aligned"),
-        precision=spec_fields.get("precision", "fp32"),
-        world_size=spec_fields.get("world_size", 1),
-        grad_accum=spec_fields.get("grad_accum", 1),
+        Request(
+            task=get_task(spec_fields.get("task", "digits")),
+            mode=spec_fields.get("mode", "aligned"),
+            precision=spec_fields.get("precision", "fp32"),
+            world_size=spec_fields.get("world_size", 1),
+            grad_accum=spec_fields.get("grad_accum", 1),
+        )
     )
 
 
@@ -142,11 +146,13 @@ def test_defaults_mode_uses_the_library_defaults_and_runs_every_step(inline):
 
 def test_fp16_on_cpu_is_declared_unsupported():
     reason = ADAPTER.check(
-        task=get_task("digits"), mode="aligned", precision="fp16-mixed", world_size=1, device_type="cpu"
+        Request(task=get_task("digits"), mode="aligned", precision="fp16-mixed", world_size=1, device_type="cpu")
     )
     assert reason and "CUDA" in reason
     assert (
-        ADAPTER.check(task=get_task("digits"), mode="defaults", precision="bf16-mixed", world_size=2, device_type="cpu")
+        ADAPTER.check(
+            Request(task=get_task("digits"), mode="defaults", precision="bf16-mixed", world_size=2, device_type="cpu")
+        )
         is None
     )
 

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.base import Request
 from adapters.keras import DISTRIBUTED_REASON, KerasAdapter, TaskModel
 from harness.environment import REPO_ROOT
 from harness.parity import compare_files
@@ -47,7 +48,9 @@ def verdict(inline, spec):
 def test_aligned_fp32_is_bitwise_with_native(inline, task):
     _, keras, result = verdict(inline, task_spec(task))
     assert result.verdict == "bitwise", result.describe()
-    declared = KerasAdapter().expected_parity(mode="aligned", precision="fp32", world_size=1, grad_accum=1)
+    declared = KerasAdapter().expected_parity(
+        Request(task=get_task("digits"), mode="aligned", precision="fp32", world_size=1, grad_accum=1)
+    )
     assert declared == result.verdict
     assert keras["notes"]["optimizer"].startswith(f"torch.optim.{get_task(task).optimizer.name}")
     assert len(keras["trajectory"]["losses"]) == keras["spec"]["steps"]

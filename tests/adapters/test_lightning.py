@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.base import Request
 from adapters.lightning import LightningAdapter
 from harness.parity import compare_files
+from harness.registry import get_task
 from harness.runner import RunOptions, run_spec
 from harness.spec import Spec
 from harness.worker import run_inline
@@ -33,7 +35,13 @@ def pair(run, **fields):
 
 def declared(spec: dict) -> str:
     return ADAPTER.expected_parity(
-        mode=spec["mode"], precision=spec["precision"], world_size=spec["world_size"], grad_accum=spec["grad_accum"]
+        Request(
+            task=get_task(spec["task"]),
+            mode=spec["mode"],
+            precision=spec["precision"],
+            world_size=spec["world_size"],
+            grad_accum=spec["grad_accum"],
+        )
     )
 
 
@@ -119,11 +127,22 @@ def test_expected_parity_declarations():
         for world_size, grad_accum in ((1, 1), (2, 1), (1, 4), (2, 2)):
             assert (
                 ADAPTER.expected_parity(
-                    mode="aligned", precision=precision, world_size=world_size, grad_accum=grad_accum
+                    Request(
+                        task=get_task("digits"),
+                        mode="aligned",
+                        precision=precision,
+                        world_size=world_size,
+                        grad_accum=grad_accum,
+                    )
                 )
                 == "bitwise"
             )
-    assert ADAPTER.expected_parity(mode="defaults", precision="fp32", world_size=1, grad_accum=1) == "not-comparable"
+    assert (
+        ADAPTER.expected_parity(
+            Request(task=get_task("digits"), mode="defaults", precision="fp32", world_size=1, grad_accum=1)
+        )
+        == "not-comparable"
+    )
 
 
 @given(

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from adapters.base import Request
 from adapters.flash import PRETRAINED_FALLBACK, FlashAdapter, pretrained_fallbacks
-from adapters.inference import INFERENCE_TABLE, inference_table, markdown
 from adapters.native import NativeAdapter
 from harness import envs
 from harness.parity import compare_files
 from harness.registry import get_adapter, get_task
 from harness.runner import RunOptions, run_spec
 from harness.spec import Spec
+from reports.inference import INFERENCE_TABLE, inference_table, markdown
 
 MAIN_SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 
@@ -145,12 +146,31 @@ def test_flash_adapter_declares_its_environment_and_imports_without_flash():
 def test_flash_check_and_declared_verdicts():
     adapter = FlashAdapter()
     task = get_task("digits")
-    assert adapter.check(task=task, mode="aligned", precision="fp32", world_size=1, device_type="cpu") is None
-    assert "CUDA" in adapter.check(task=task, mode="aligned", precision="fp16-mixed", world_size=1, device_type="cpu")
-    assert "distributed" in adapter.check(task=task, mode="aligned", precision="fp32", world_size=2, device_type="cpu")
-    assert adapter.expected_parity(mode="aligned", precision="fp32", world_size=1, grad_accum=1) == "bitwise"
-    assert adapter.expected_parity(mode="aligned", precision="fp32", world_size=1, grad_accum=3) == "close"
-    assert adapter.expected_parity(mode="defaults", precision="fp32", world_size=1, grad_accum=1) == "not-comparable"
+    assert adapter.check(Request(task=task, mode="aligned", precision="fp32", world_size=1, device_type="cpu")) is None
+    assert "CUDA" in adapter.check(
+        Request(task=task, mode="aligned", precision="fp16-mixed", world_size=1, device_type="cpu")
+    )
+    assert "distributed" in adapter.check(
+        Request(task=task, mode="aligned", precision="fp32", world_size=2, device_type="cpu")
+    )
+    assert (
+        adapter.expected_parity(
+            Request(task=get_task("digits"), mode="aligned", precision="fp32", world_size=1, grad_accum=1)
+        )
+        == "bitwise"
+    )
+    assert (
+        adapter.expected_parity(
+            Request(task=get_task("digits"), mode="aligned", precision="fp32", world_size=1, grad_accum=3)
+        )
+        == "close"
+    )
+    assert (
+        adapter.expected_parity(
+            Request(task=get_task("digits"), mode="defaults", precision="fp32", world_size=1, grad_accum=1)
+        )
+        == "not-comparable"
+    )
 
 
 def test_pretrained_fallback_warning_is_detected():
@@ -219,7 +239,9 @@ def test_flash_aligned_matches_native_bitwise(flash_environment, tmp_path, task,
     native, flash = flash_pair(tmp_path, **fields, grad_accum=grad_accum)
     verdict = compare_files(native, flash, tmp_path)
     assert verdict.verdict == "bitwise", verdict.describe()
-    declared = FlashAdapter().expected_parity(mode="aligned", precision=precision, world_size=1, grad_accum=grad_accum)
+    declared = FlashAdapter().expected_parity(
+        Request(task=get_task("digits"), mode="aligned", precision=precision, world_size=1, grad_accum=grad_accum)
+    )
     assert declared == "bitwise"
     assert flash["notes"]["pytorch_lightning"].startswith("1.9.")
     assert flash["notes"]["sampler"].startswith("harness ShardedBatchSampler")

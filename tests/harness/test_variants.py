@@ -13,11 +13,19 @@ import json
 
 import pytest
 
+from adapters.base import Request
 from adapters.lightning import LightningAdapter
 from harness import envs
 from harness.cli import main
 from harness.parity import compare_files
-from harness.registry import LibraryVersionMismatch, RegistryError, get_adapter, imported_library, variant_info
+from harness.registry import (
+    LibraryVersionMismatch,
+    RegistryError,
+    get_adapter,
+    get_task,
+    imported_library,
+    variant_info,
+)
 from harness.runner import RunOptions, run_spec
 from harness.spec import Spec, SpecError, split_adapter
 from harness.suites import load_suite_file
@@ -89,8 +97,12 @@ def test_a_versioned_name_is_the_same_adapter_in_its_own_environment():
         plain.precisions,
     )
     for mode in ("aligned", "defaults"):
-        assert pinned.expected_parity(mode=mode, precision="fp32", world_size=1, grad_accum=1) == (
-            plain.expected_parity(mode=mode, precision="fp32", world_size=1, grad_accum=1)
+        assert pinned.expected_parity(
+            Request(task=get_task("digits"), mode=mode, precision="fp32", world_size=1, grad_accum=1)
+        ) == (
+            plain.expected_parity(
+                Request(task=get_task("digits"), mode=mode, precision="fp32", world_size=1, grad_accum=1)
+            )
         )
     assert envs.declared_environment("lightning@2.1.4") == "lightning@2.1.4"
     assert variant_info("lightning") is None
