@@ -67,6 +67,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str | None:
+    """The instruction set torch's CPU kernels were dispatched for (``AVX512``, ``AVX2``, ``DEFAULT``).
+
+    Two CPUs with the same model string can differ here, and their float results differ with it: it is
+    part of what makes two runs bitwise partners.
+    """
+    import torch
+
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def capture(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Versions, hardware and allow-listed settings for the current process."""
     import torch
@@ -82,6 +96,7 @@ def capture(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(0) if cuda else cpu_model(),
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average": load_average(),

@@ -4,7 +4,8 @@ kernel or the native loop is meant to change results:
     .venv/bin/python -m tests.golden.regenerate
 
 Each file records the spec, the per-step losses (exact float64 repr), the weights digest and
-the machine that produced them (CPU model, torch version, threads), because bitwise equality
+the machine that produced them (CPU model and kernel instruction set, torch version, threads),
+because bitwise equality
 is only promised on the same machine class and library build.
 """
 
@@ -30,9 +31,10 @@ def golden_spec(task: str) -> Spec:
 def machine() -> dict:
     import torch
 
-    from harness.environment import cpu_model
+    from harness.environment import cpu_capability, cpu_model
 
-    return {"cpu_model": cpu_model(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
 
 
 def record(task: str) -> dict:
