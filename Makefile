@@ -84,7 +84,7 @@ bench-baseline: $(STAMP)
 overhead: $(STAMP)
 	$(BIN)/python -m harness.overhead --task scaling --width 64 --steps 300 --rounds 12
 
-# Isolated adapter environments (issue 11) build on first use; this builds Flash's ahead of time.
+# Isolated adapter environments build on first use; this builds them ahead of time.
 envs: $(STAMP)
 	$(BIN)/python -m harness.envs build flash lightning@2.1.4
 

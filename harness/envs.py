@@ -1,4 +1,4 @@
-"""Isolated worker environments: an adapter may declare its own pip requirements (issue 11).
+"""Isolated worker environments: an adapter may declare its own pip requirements.
 
 Some libraries can never share the main environment (Lightning Flash needs pytorch-lightning
 1.9 while the main environment has Lightning 2.x; comparing two versions of one library has

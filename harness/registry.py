@@ -5,7 +5,7 @@ and an adapter whose library is missing shows up as unavailable with the import 
 instead of breaking every other command. Third-party packages register under the entry-point
 groups ``bakeoff.tasks`` and ``bakeoff.adapters``.
 
-Versioned names (issue 11, a version matrix): ``lightning@2.1.4`` is the ``lightning`` adapter —
+Versioned names (a version matrix): ``lightning@2.1.4`` is the ``lightning`` adapter —
 the same class, task, sampler, initial weights and probe — run in an isolated environment whose
 requirements pin its library (``lightning==2.1.4``, harness.envs builds it). The registry makes
 a subclass per version with ``name = "lightning@2.1.4"`` and an ``environment`` of the same name,

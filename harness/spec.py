@@ -51,7 +51,7 @@ MAX_VERSION_LENGTH = 64
 def split_adapter(name: str) -> tuple[str, str | None]:
     """``"lightning@2.1.4"`` → ``("lightning", "2.1.4")``; a plain name → ``(name, None)``.
 
-    An adapter name may carry the version of its library to run (issue 11: a version matrix).
+    An adapter name may carry the version of its library to run (a version matrix).
     The version must be a PEP 440 version written in canonical form (``2.1.4``, ``2.0.9.post0``,
     ``2.3.0rc1``): it ends up in a pip requirement and an environment folder name, and one
     spelling per version keeps one spec id per version.

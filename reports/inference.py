@@ -1,4 +1,4 @@
-"""What each high-level API infers from the data and what its user states by hand (issues 6 and 11).
+"""What each high-level API infers from the data and what its user states by hand.
 
 The public argument (Flash's ``ImageClassifier(num_classes=datamodule.num_classes)`` versus
 fastai learners that read the class count off the DataLoaders) as data the report can render.

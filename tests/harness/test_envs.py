@@ -1,4 +1,4 @@
-"""Isolated worker environments (harness/envs.py) and the Flash adapter that runs in one (issue 11).
+"""Isolated worker environments (harness/envs.py) and the Flash adapter that runs in one.
 
 The mechanism is tested with a small environment, ``envs/pin-check.txt`` (six pinned at 1.16.0;
 the main environment has 1.17.0), built fresh in a temporary folder once per module (~15-20 s,

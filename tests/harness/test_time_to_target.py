@@ -1,4 +1,4 @@
-"""Time-to-target (issue 7): periodic validation paused out of the clock, and never changing training."""
+"""Time-to-target: periodic validation paused out of the clock, and never changing training."""
 
 from __future__ import annotations
 

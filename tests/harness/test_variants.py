@@ -1,4 +1,4 @@
-"""Versioned adapter names (issue 11, a version matrix): ``lightning@2.1.4`` beside ``lightning``.
+"""Versioned adapter names (a version matrix): ``lightning@2.1.4`` beside ``lightning``.
 
 Fast tests use a test-only adapter, ``six-native`` (tests/plugins: the native loop with ``six``
 as its library; the main environment has six 1.17.0), run as ``six-native@1.16.0`` in an
