@@ -1,4 +1,4 @@
-"""Lightning Flash 0.8.2: the high-level task API, run in its own environment (issue 11).
+"""Lightning Flash 0.8.2: the high-level task API, run in its own environment.
 
 Flash is archived and needs pytorch-lightning 1.9, so it cannot live beside the main
 environment's Lightning 2.x: the adapter declares ``environment = "flash"`` (``envs/flash.txt``)
@@ -34,6 +34,7 @@ import warnings
 from typing import Any
 
 from adapters.base import Adapter, Job, Request, Unsupported
+from adapters.trainer_common import ALIGNED_SWITCHES, defaults_notes, describe_precision, trainer_options
 
 FLASH_PRECISION = {"fp32": 32, "bf16-mixed": "bf16", "fp16-mixed": 16}
 """The harness's precision names → Lightning 1.9's ``Trainer(precision=...)`` values."""
@@ -144,26 +145,9 @@ class FlashAdapter(Adapter):
             job.notes["pretrained_fallback_warnings"] = fallbacks
 
         probe_callback = make_probe_callback(job.probe, job.grad_accum)
-        options: dict[str, Any] = {
-            "accelerator": job.device.type,
-            "devices": 1,
-            "precision": FLASH_PRECISION[job.precision.name],
-            "max_steps": job.steps,
-            "accumulate_grad_batches": job.grad_accum,
-            "default_root_dir": job.workdir,
-            "callbacks": [probe_callback],
-        }
+        options = {**trainer_options(job, FLASH_PRECISION[job.precision.name]), "callbacks": [probe_callback]}
         if job.mode == "aligned":
-            trainer = flash.Trainer(
-                **options,
-                max_epochs=-1,
-                replace_sampler_ddp=False,
-                num_sanity_val_steps=0,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                enable_checkpointing=False,
-                logger=False,
-            )
+            trainer = flash.Trainer(**options, **ALIGNED_SWITCHES, replace_sampler_ddp=False)
             trainer.fit(task, train_dataloader=job.train_loader)
             job.notes["sampler"] = f"harness {type(job.sampler).__name__} (replace_sampler_ddp=False)"
         else:
@@ -172,28 +156,14 @@ class FlashAdapter(Adapter):
             valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
             trainer.fit(task, train_dataloader=train_loader, val_dataloaders=valid_loader)
             job.notes["sampler"] = type(train_loader.sampler).__name__
-            job.notes["logger"] = type(trainer.logger).__name__ if trainer.logger else None
-            job.notes["callbacks"] = sorted(type(callback).__name__ for callback in trainer.callbacks)
-            job.notes["log_every_n_steps"] = trainer.log_every_n_steps
+            job.notes.update(defaults_notes(trainer))
 
         job.notes["trainer_precision"] = str(options["precision"])
-        job.notes["precision_impl"] = describe_precision(trainer)
+        job.notes["precision_impl"] = describe_precision(trainer, "pytorch_lightning 1.9")
         job.notes["pytorch_lightning"] = _version("pytorch-lightning")
         job.notes["optimizer_steps"] = trainer.global_step
         job.notes["flash_image"] = flash_image_status()  # after training: its import is not timed
         return job.model.to(job.device)
-
-
-def describe_precision(trainer) -> str:
-    plugin = trainer.precision_plugin
-    scaler = getattr(plugin, "scaler", None)
-    device = getattr(plugin, "device", None)
-    if type(plugin).__name__ == "MixedPrecisionPlugin":
-        dtype = "bfloat16" if str(plugin.precision) == "bf16" else "float16"
-        return f"pytorch_lightning 1.9 MixedPrecisionPlugin: torch.autocast({device}, {dtype}), " + (
-            "GradScaler" if scaler is not None else "no GradScaler"
-        )
-    return f"pytorch_lightning {type(plugin).__name__}({getattr(plugin, 'precision', '?')!r})"
 
 
 def flash_image_status() -> str:

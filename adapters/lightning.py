@@ -28,11 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapters.base import Adapter, Job, Request
-
-try:  # Lightning >= 2.1 (2.4's plugins.precision exports only this name)
-    from lightning.pytorch.plugins.precision import MixedPrecision
-except ImportError:  # Lightning 2.0 (lightning@2.0.x) knows the same plugin only by its old name
-    from lightning.pytorch.plugins.precision import MixedPrecisionPlugin as MixedPrecision
+from adapters.trainer_common import ALIGNED_SWITCHES, defaults_notes, describe_precision, trainer_options
 
 # The harness's precision names → Lightning's own ``Trainer(precision=...)`` values.
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16-mixed": "bf16-mixed", "fp16-mixed": "16-mixed"}
@@ -128,42 +124,13 @@ class LightningAdapter(Adapter):
             return "bitwise"
         return "not-comparable"
 
-    def trainer_options(self, job: Job) -> dict[str, Any]:
-        """The Trainer arguments shared by both modes: device, processes, precision, step budget."""
-        if job.dist.enabled:
-            devices: int | list[int] = job.dist.local_world_size
-            num_nodes = job.dist.world_size // job.dist.local_world_size
-            strategy = "ddp"
-        else:
-            devices = [job.device.index or 0] if job.device.type == "cuda" else 1
-            num_nodes = 1
-            strategy = "auto"
-        return {
-            "accelerator": job.device.type,
-            "devices": devices,
-            "num_nodes": num_nodes,
-            "strategy": strategy,
-            "precision": LIGHTNING_PRECISION[job.precision.name],
-            "max_steps": job.steps,
-            "accumulate_grad_batches": job.grad_accum,
-            "default_root_dir": job.workdir,
-        }
-
     def fit(self, job: Job):
         probe_callback = ProbeCallback(job.probe)
-        options = self.trainer_options(job)
+        options = trainer_options(job, LIGHTNING_PRECISION[job.precision.name])
         if job.mode == "aligned":
             module = TaskModule(job, log_metrics=False)
             trainer = L.Trainer(
-                **options,
-                max_epochs=-1,  # the step budget alone ends training, as in the native loop
-                use_distributed_sampler=False,
-                num_sanity_val_steps=0,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                enable_checkpointing=False,
-                logger=False,
-                callbacks=[probe_callback],
+                **options, **ALIGNED_SWITCHES, use_distributed_sampler=False, callbacks=[probe_callback]
             )
             trainer.fit(module, train_dataloaders=job.train_loader)
             job.notes["sampler"] = f"harness {type(job.sampler).__name__} (use_distributed_sampler=False)"
@@ -174,14 +141,12 @@ class LightningAdapter(Adapter):
             valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader)
             job.notes["sampler"] = type(trainer.train_dataloader.sampler).__name__
-            job.notes["logger"] = type(trainer.logger).__name__ if trainer.logger else None
-            job.notes["callbacks"] = sorted(type(callback).__name__ for callback in trainer.callbacks)
-            job.notes["log_every_n_steps"] = trainer.log_every_n_steps
+            job.notes.update(defaults_notes(trainer))
             job.notes["checkpoint"] = (
                 trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
             )
 
-        job.notes["precision_impl"] = describe_precision(trainer)
+        job.notes["precision_impl"] = describe_precision(trainer, "lightning")
         job.notes["skipped_steps"] = probe_callback.skipped_steps(trainer)
         job.notes["strategy"] = type(trainer.strategy).__name__
         job.notes["cluster_environment"] = (
@@ -192,12 +157,3 @@ class LightningAdapter(Adapter):
         # Strategy.teardown moves the module to the CPU at the end of fit; the harness evaluates
         # and digests the model on the job's device.
         return job.model.to(job.device)
-
-
-def describe_precision(trainer: L.Trainer) -> str:
-    plugin = trainer.precision_plugin
-    if isinstance(plugin, MixedPrecision):
-        scaler = "GradScaler" if plugin.scaler is not None else "no GradScaler"
-        dtype = "bfloat16" if plugin.precision == "bf16-mixed" else "float16"
-        return f"lightning MixedPrecision({plugin.precision!r}): torch.autocast({plugin.device}, {dtype}), {scaler}"
-    return f"lightning {type(plugin).__name__}({getattr(plugin, 'precision', '?')!r})"
