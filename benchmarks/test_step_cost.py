@@ -13,10 +13,10 @@ import tempfile
 import pytest
 import torch
 
+from harness.durations import step_durations_ns
 from harness.overhead import make_job
 from harness.probe import Probe
 from harness.registry import RegistryError, adapter_names, get_adapter
-from harness.durations import step_durations_ns
 from kernels.determinism import set_determinism
 
 STEPS, WARMUP, ROUNDS = 40, 5, 5

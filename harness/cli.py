@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("results_dir", type=Path, metavar="DIR", help="folder of result files (e.g. results/quick)")
     ingest.add_argument("--suite", help="suite name the results belong to (default: the folder's name)")
     ingest.add_argument("--experiment", help="MLflow experiment (default: bakeoff-<suite>)")
+    ingest.add_argument("--allow-partial", action="store_true",
+                        help="exit 0 even when some files were unreadable or invalid (they are listed and skipped)")
+    ingest.epilog = ("exit status: 0 every file logged (or already there); 1 some files were skipped (unless "
+                     "--allow-partial) or the store failed; 2 bad input (no such folder, no valid result file)")
     _add_tracking_option(ingest)
 
     report = commands.add_parser("report", help="build a report (Markdown, HTML, CSV, JSON) from MLflow runs")
@@ -248,7 +253,18 @@ def command_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result["status"] == "ok" else EXIT_FAILED
 
 
-def command_bench(args: argparse.Namespace) -> int:
+@dataclass
+class BenchOutcome:
+    """What running a suite left: its exit code, every spec's result, where they are."""
+
+    code: int
+    suite: Any = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    results_dir: Path | None = None
+
+
+def run_bench(args: argparse.Namespace) -> BenchOutcome:
+    """Expand and run the suite (or list it with --dry-run); no tracking."""
     from harness.plan import check_spec, unsupported_reason
     from harness.runner import run_suite
     from harness.suites import get_suite, load_suite_file
@@ -270,7 +286,8 @@ def command_bench(args: argparse.Namespace) -> int:
         for spec in suite.specs:
             print(f"{spec.spec_id}  {spec.label}")
         print(f"{len(suite.specs)} specs in suite {suite.name!r}")
-        return EXIT_OK
+        return BenchOutcome(EXIT_OK, suite)
+    _check_writable_folder(results_dir, "--results-dir")
     print(f"suite {suite.name}: {len(suite.specs)} specs on {device}, results in {results_dir}", flush=True)
     runnable, results = [], {}
     for spec in suite.specs:
@@ -296,15 +313,13 @@ def command_bench(args: argparse.Namespace) -> int:
         result = results[spec.spec_id]
         if result["status"] == "unsupported":
             print(f"  unsupported: {spec.label}: {result['error']}")
-    args._results = [results[spec.spec_id] for spec in suite.specs]
-    args._results_dir = results_dir
-    args._suite = suite
-    return EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
+    code = EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
+    return BenchOutcome(code, suite, [results[spec.spec_id] for spec in suite.specs], results_dir)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
     """The store to use, checked before anything else happens (exit 2 when it does not answer)."""
-    from harness.tracking import TrackingError, check_store, resolve_tracking_uri
+    from harness.store import TrackingError, check_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -315,62 +330,96 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return uri
 
 
+def _check_writable_folder(path: Path, option: str) -> None:
+    """A folder we will write into: it may not exist yet, but it must not be a file or unwritable."""
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise UsageError(f"{option} {path} {what}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {existing} is not writable")
+
+
 def _write_report(uri: str, selection, out: Path | None = None) -> int:
-    from reports.build import build_report, write_report
+    from reports.build import build_report, default_out, write_report
     from reports.source import SourceError
 
+    root = out if out is not None else default_out()
+    _check_writable_folder(root, "--out" if out is not None else "the report folder")
     try:
         report = build_report(uri, selection)
     except SourceError as error:
         raise UsageError(str(error)) from None
-    folder = write_report(report, out)
+    try:
+        folder = write_report(report, root)
+    except OSError as error:
+        raise UsageError(f"cannot write the report under {root}: {error.strerror or error}") from None
     print(f"report {report.report_id}, runs {report.counts_line}: {folder / 'report.html'}")
     print(f"  also {folder / 'report.md'}, {folder / 'results.csv'}, {folder / 'report.json'}, "
           f"raw data {folder / 'raw.json'}, {folder / 'steps.csv'}")
     return EXIT_OK
 
 
-def command_bench_tracked(args: argparse.Namespace) -> int:
+def _typed(results: list[dict[str, Any]]) -> list:
+    from harness.result import Result
+
+    return [Result.from_dict(result) for result in results]
+
+
+def command_bench(args: argparse.Namespace) -> int:
     """``bench``: check the store, run the suite, log its results to MLflow, write the report."""
-    from harness.tracking import TrackingError, log_results
+    from harness.ingest import log_results
+    from harness.store import TrackingError
 
     tracked = not args.dry_run and not args.no_tracking
     uri = _tracking_uri(args) if tracked else None
-    code = command_bench(args)
-    if not tracked or not hasattr(args, "_results"):
-        return code
+    if tracked:
+        from reports.build import default_out
+
+        _check_writable_folder(default_out(), "the report folder ($BAKEOFF_REPORTS_OUT)")
+    outcome = run_bench(args)
+    if not tracked:
+        return outcome.code
     try:
-        logged = log_results(args._results, results_dir=args._results_dir, suite=args._suite.name, uri=uri,
-                             command="bench")
+        logged = log_results(_typed(outcome.results), results_dir=outcome.results_dir, suite=outcome.suite.name,
+                             uri=uri, command="bench")
     except TrackingError as error:
         # One line: the suite ran and its result files are on disk; only the logging is left to do.
-        print(f"bakeoff: error: {error}; the results are intact in {args._results_dir}: log them later with "
-              f"`bakeoff ingest {args._results_dir}`", file=sys.stderr)
+        print(f"bakeoff: error: {error}; the results are intact in {outcome.results_dir}: log them later with "
+              f"`bakeoff ingest {outcome.results_dir}`", file=sys.stderr)
         return EXIT_FAILED
+    parent = f"parent run {logged.parent_run_id}" if logged.parent_run_id else "nothing new, no parent run"
     print(f"mlflow: {len(logged.logged)} runs logged, {len(logged.existing)} already there, in {logged.seconds:.1f} s "
-          f"(parent run {logged.parent_run_id}, store {uri})")
+          f"({parent}, store {uri})")
     from reports.source import Selection
 
+    run_ids = tuple(logged.run_ids[result["spec_id"]] for result in outcome.results
+                    if result["spec_id"] in logged.run_ids)
     try:
-        _write_report(uri, Selection(run_id=logged.parent_run_id))
+        _write_report(uri, Selection(suite=outcome.suite.name, run_ids=run_ids))
     except Exception as error:  # the runs are safely in MLflow; only the report is missing
         print(f"bakeoff: error: building the report failed ({type(error).__name__}: {error}); rebuild it with "
-              f"`bakeoff report --run-id {logged.parent_run_id}`", file=sys.stderr)
+              f"`bakeoff report --suite {outcome.suite.name}`", file=sys.stderr)
         return EXIT_FAILED
-    return code
+    return outcome.code
 
 
 def command_ingest(args: argparse.Namespace) -> int:
-    from harness.tracking import TrackingError, log_results, read_result_dir
+    from harness.ingest import log_results, read_result_dir
+    from harness.store import TrackingError
 
     folder = args.results_dir
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; ingest takes a folder of result files")
     if not folder.is_dir():
         raise UsageError(f"no such folder: {folder}")
     results, problems = read_result_dir(folder)
     for problem in problems:
         print(f"bakeoff: skipping {problem}", file=sys.stderr)
     if not results:
-        raise UsageError(f"no valid result files in {folder}")
+        raise UsageError(f"no valid result files in {folder}" + (f" ({len(problems)} unreadable)" if problems else ""))
     uri = _tracking_uri(args)
     suite = args.suite or folder.resolve().name
     try:
@@ -380,10 +429,15 @@ def command_ingest(args: argparse.Namespace) -> int:
         print(f"bakeoff: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     parent = f" under parent run {logged.parent_run_id}" if logged.parent_run_id else ""
-    extra = "".join([f", {logged.parity_filled} parity verdicts filled in" if logged.parity_filled else "",
+    extra = "".join([f", {logged.parity_updated} stored runs' verdicts updated" if logged.parity_updated else "",
                      f", {logged.deleted_incomplete} half-logged runs replaced" if logged.deleted_incomplete else ""])
     print(f"ingested {folder}: {len(logged.logged)} new runs{parent}, {len(logged.existing)} already in {uri} "
           f"(experiment id {logged.experiment_id}, {logged.seconds:.1f} s){extra}")
+    if problems:
+        verdict = "" if args.allow_partial else ": exit 1 (--allow-partial accepts this)"
+        print(f"bakeoff: {len(problems)} of {len(problems) + len(results)} files in {folder} were skipped (listed "
+              f"above); the valid ones are logged{verdict}", file=sys.stderr)
+        return EXIT_OK if args.allow_partial else EXIT_FAILED
     return EXIT_OK
 
 
@@ -398,18 +452,23 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def _verify_report(folder: Path) -> int:
-    """``report --verify``: recompute the tables and the id from the folder's raw data."""
+    """``report --verify``: recompute every file of a report folder from its raw data."""
     from reports.build import verify_report
 
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; --verify takes a report folder (the one holding report.json)")
     if not folder.is_dir():
         raise UsageError(f"no such report folder: {folder}")
+    missing = [name for name in ("raw.json", "report.json") if not (folder / name).is_file()]
+    if missing:
+        raise UsageError(f"{folder} is not a complete report folder: {' and '.join(missing)} missing")
     report_id, problems = verify_report(folder)
     if problems:
         print(f"report {report_id} in {folder} does NOT match its raw data:")
         for problem in problems:
             print(f"  - {problem}")
         return EXIT_FAILED
-    print(f"report {report_id} in {folder} verified: every table and the id recomputed from raw.json match")
+    print(f"report {report_id} in {folder} verified: every file recomputed from raw.json matches")
     return EXIT_OK
 
 
@@ -463,7 +522,7 @@ def command_env(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": command_run,
-    "bench": command_bench_tracked,
+    "bench": command_bench,
     "ingest": command_ingest,
     "compare": command_compare,
     "report": command_report,

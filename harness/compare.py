@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cells import Cell
 from harness.durations import measured_steps_us as steps_after_warmup
 from harness.result import ResultError, read_result
 from harness.stats import mann_whitney, ratio_ci
@@ -21,32 +22,17 @@ from harness.stats import mann_whitney, ratio_ci
 DEFAULT_THRESHOLD = 0.10
 
 
-def cell_key(spec: dict[str, Any]) -> tuple:
+def cell_key(spec: dict[str, Any]) -> Cell:
     """What identifies a benchmark cell across result sets (seed and repeat are pooled)."""
-    options = tuple(sorted(spec["options"].items()))
-    return (
-        spec["task"],
-        options,
-        spec["adapter"],
-        spec["mode"],
-        spec["precision"],
-        spec["world_size"],
-        spec["grad_accum"],
-        spec["batch_size"],
-        spec["device"],
-    )
+    return Cell.of_spec(spec)
 
 
-def native_key(key: tuple) -> tuple:
-    task, options, _, _, precision, world_size, grad_accum, batch_size, device = key
-    return (task, options, "native", "aligned", precision, world_size, grad_accum, batch_size, device)
+def native_key(key: Cell) -> Cell:
+    return key.native
 
 
-def describe_key(key: tuple) -> str:
-    task, options, adapter, mode, precision, world_size, grad_accum, _batch_size, _ = key
-    opts = ",".join(f"{k}={v}" for k, v in options)
-    extra = (f" ws{world_size}" if world_size > 1 else "") + (f" acc{grad_accum}" if grad_accum > 1 else "")
-    return f"{task}{'[' + opts + ']' if opts else ''} {adapter} {mode} {precision}{extra}"
+def describe_key(key: Cell) -> str:
+    return key.describe()
 
 
 def measured_steps_us(result: dict[str, Any]) -> list[float]:
@@ -65,8 +51,8 @@ def load_results(source: Path) -> list[dict[str, Any]]:
     return results
 
 
-def group_by_cell(results: list[dict[str, Any]]) -> dict[tuple, list[list[float]]]:
-    cells: dict[tuple, list[list[float]]] = defaultdict(list)
+def group_by_cell(results: list[dict[str, Any]]) -> dict[Cell, list[list[float]]]:
+    cells: dict[Cell, list[list[float]]] = defaultdict(list)
     for result in results:
         if result["status"] == "ok":
             cells[cell_key(result["spec"])].append(measured_steps_us(result))

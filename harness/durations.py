@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 def step_durations_ns(step_end_ns: Sequence[int]) -> list[int]:
     """Each step's duration: the first from fit start, the rest between consecutive step ends."""
-    return [end - previous for previous, end in zip([0, *step_end_ns[:-1]], step_end_ns, strict=True)]
+    ends = list(step_end_ns)
+    return [end - previous for previous, end in zip([0, *ends[:-1]], ends)]
 
 
 def after_warmup(durations: Sequence, warmup: int) -> list:

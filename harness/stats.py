@@ -92,6 +92,31 @@ def median_ci(groups: Sequence[Sequence[float]], *, seed: int = 0, samples: int 
     return interval(float(np.median(pooled)), draws, len(arrays), int(pooled.size))
 
 
+def compare_medians(
+    candidate: Sequence[Sequence[float]],
+    reference: Sequence[Sequence[float]],
+    *,
+    seed: int = 0,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> tuple[Estimate | None, Estimate] | None:
+    """(ratio, difference) of pooled medians candidate vs reference, both from the same bootstrap draws.
+
+    Independent two-level bootstraps of each side (the runs are separate processes, not pairs); the
+    ratio is None when the reference median is 0. None when either side has no data.
+    """
+    cand, ref = clean_groups(candidate), clean_groups(reference)
+    if not cand or not ref:
+        return None
+    cand_median, ref_median = float(np.median(np.concatenate(cand))), float(np.median(np.concatenate(ref)))
+    rng = _rng(seed)
+    cand_draws, ref_draws = bootstrap_medians(cand, rng, samples), bootstrap_medians(ref, rng, samples)
+    repeats, count = min(len(cand), len(ref)), int(sum(a.size for a in cand))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = interval(cand_median / ref_median, cand_draws / ref_draws, repeats, count) if ref_median else None
+    difference = interval(cand_median - ref_median, cand_draws - ref_draws, repeats, count)
+    return ratio, difference
+
+
 def ratio_ci(
     candidate: Sequence[Sequence[float]],
     reference: Sequence[Sequence[float]],
@@ -100,13 +125,8 @@ def ratio_ci(
     samples: int = BOOTSTRAP_SAMPLES,
 ) -> Estimate | None:
     """Ratio of pooled medians candidate/reference with a CI from independent two-level bootstraps."""
-    cand, ref = clean_groups(candidate), clean_groups(reference)
-    if not cand or not ref:
-        return None
-    value = float(np.median(np.concatenate(cand)) / np.median(np.concatenate(ref)))
-    rng = _rng(seed)
-    ratios = bootstrap_medians(cand, rng, samples) / bootstrap_medians(ref, rng, samples)
-    return interval(value, ratios, min(len(cand), len(ref)), int(sum(a.size for a in cand)))
+    compared = compare_medians(candidate, reference, seed=seed, samples=samples)
+    return compared[0] if compared else None
 
 
 def mann_whitney(candidate: Sequence[float], reference: Sequence[float], *, alpha: float = ALPHA) -> dict:

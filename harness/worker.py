@@ -227,10 +227,12 @@ def run(
         import_start = time.perf_counter()
         adapter = get_adapter(spec.adapter)
         result["timing"]["adapter_import_s"] = time.perf_counter() - import_start
-        reason = adapter.check(request_for(spec, task))
+        request = request_for(spec, task)
+        reason = adapter.check(request)
         if reason:  # the orchestrator checks too; a worker launched directly must not half-run
             raise Unsupported(reason)
         result["adapter"] = adapter_record(adapter)
+        result["declared_parity"] = adapter.expected_parity(request)
         job = build_job(spec, task, context, probe, workdir=results_dir / "work" / spec.spec_id)
         result["task"] = task_record(job)
         eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it

@@ -11,9 +11,7 @@ between processes dwarfs the spread within one. Every figure states how many rep
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,11 +21,12 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
+from harness.cells import Cell
 from harness.durations import after_warmup
+from harness.parity import Parity, Verdict
 from reports.source import RunRecord
 
 LOW_PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp16")
-CELL_FIELDS = ("task", "options", "adapter", "mode", "precision", "world_size", "grad_accum", "batch_size", "device")
 
 
 @dataclass(frozen=True)
@@ -69,27 +68,8 @@ def clean_row(row: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- cells and step data
 
 
-def cell_of(row: pd.Series | dict[str, Any]) -> tuple:
-    return tuple(_plain(row[name]) for name in CELL_FIELDS)
-
-
-def native_cell(cell: tuple) -> tuple:
-    task, options, _, _, precision, world_size, grad_accum, batch_size, device = cell
-    return (task, options, "native", "aligned", precision, world_size, grad_accum, batch_size, device)
-
-
-def describe_cell(cell: tuple, *, with_adapter: bool = True) -> str:
-    task, options, adapter, mode, precision, world_size, grad_accum, batch_size, _ = cell
-    parts = [task + (f"[{options}]" if options else "")]
-    if with_adapter:
-        parts += [adapter, mode]
-    parts.append(precision)
-    if world_size and world_size > 1:
-        parts.append(f"ws{world_size}")
-    if grad_accum and grad_accum > 1:
-        parts.append(f"acc{grad_accum}")
-    parts.append(f"b{batch_size}")
-    return " ".join(str(p) for p in parts)
+def cell_of(row: pd.Series | dict[str, Any]) -> Cell:
+    return Cell(*(_plain(row[name]) for name in Cell._fields))
 
 
 def _plain(value: Any) -> Any:
@@ -106,8 +86,10 @@ def measured_steps_us(record: RunRecord) -> list[float]:
 
 
 @dataclass
-class Cell:
-    key: tuple
+class CellRuns:
+    """A cell and its runs."""
+
+    key: Cell
     rows: list[dict[str, Any]] = field(default_factory=list)
     """Every run of the cell (any status), as frame rows."""
     measured: list[tuple[dict[str, Any], list[float]]] = field(default_factory=list)
@@ -126,12 +108,12 @@ class Cell:
         return [float(r[column]) for r in self.ok_rows if _plain(r[column]) is not None]
 
 
-def cells(frame: pd.DataFrame, records: Sequence[RunRecord]) -> dict[tuple, Cell]:
+def cells(frame: pd.DataFrame, records: Sequence[RunRecord]) -> dict[Cell, CellRuns]:
     by_run = {r.run_id: r for r in records}
-    found: dict[tuple, Cell] = {}
+    found: dict[Cell, CellRuns] = {}
     for row in frame.to_dict(orient="records"):
         key = cell_of(row)
-        cell = found.setdefault(key, Cell(key))
+        cell = found.setdefault(key, CellRuns(key))
         cell.rows.append(row)
         if row["status"] == "ok" and row["run_id"] in by_run:
             steps = measured_steps_us(by_run[row["run_id"]])
@@ -140,37 +122,13 @@ def cells(frame: pd.DataFrame, records: Sequence[RunRecord]) -> dict[tuple, Cell
     return found
 
 
-def median_ci(groups: Sequence[Sequence[float]], *, samples: int, seed: int = 0) -> stats.Estimate | None:
-    arrays = stats.clean_groups(groups)
-    if not arrays:
-        return None
-    value = float(np.median(np.concatenate(arrays)))
-    draws = stats.bootstrap_medians(arrays, np.random.default_rng(seed), samples)
-    return stats.interval(value, draws, len(arrays), int(sum(a.size for a in arrays)))
-
-
-def compare_ci(candidate, reference, *, samples: int, seed: int = 0) -> tuple[stats.Estimate, stats.Estimate] | None:
-    """(ratio, difference) of pooled medians candidate vs reference, both from the same bootstrap draws."""
-    cand, ref = stats.clean_groups(candidate), stats.clean_groups(reference)
-    if not cand or not ref:
-        return None
-    cand_median, ref_median = float(np.median(np.concatenate(cand))), float(np.median(np.concatenate(ref)))
-    rng = np.random.default_rng(seed)
-    cand_draws, ref_draws = stats.bootstrap_medians(cand, rng, samples), stats.bootstrap_medians(ref, rng, samples)
-    repeats, count = min(len(cand), len(ref)), int(sum(a.size for a in cand))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = stats.interval(cand_median / ref_median, cand_draws / ref_draws, repeats, count) if ref_median else None
-    difference = stats.interval(cand_median - ref_median, cand_draws - ref_draws, repeats, count)
-    return ratio, difference
-
-
 def _per_run_ci(values: list[float], *, samples: int) -> tuple[float | None, float | None, float | None]:
     """Median of one figure per run with a bootstrap CI over the runs (each run is its own repeat)."""
-    estimate = median_ci([[v] for v in values], samples=samples)
+    estimate = stats.median_ci([[v] for v in values], samples=samples)
     return (estimate.value, estimate.low, estimate.high) if estimate else (None, None, None)
 
 
-def _status_line(cell: Cell) -> str:
+def _status_line(cell: CellRuns) -> str:
     counts: dict[str, int] = defaultdict(int)
     for row in cell.rows:
         counts[str(row["status"])] += 1
@@ -186,7 +144,7 @@ def combined_verdict(test_verdict: str, ratio_low: float | None, ratio_high: flo
     return "no measurable difference" if test_verdict in ("slower", "faster") and disputed else test_verdict
 
 
-def time_to_target(cell: Cell, task_info: dict[str, Any], *, samples: int) -> dict[str, Any]:
+def time_to_target(cell: CellRuns, task_info: dict[str, Any], *, samples: int) -> dict[str, Any]:
     """Training time to the task's target (MLPerf-style time-to-train), over the cell's runs.
 
     Runs evaluate every ``eval_every`` steps outside the measured time (``--eval-every``). A time
@@ -226,30 +184,30 @@ def time_to_target(cell: Cell, task_info: dict[str, Any], *, samples: int) -> di
     return figures
 
 
-def overhead_table(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str, Any], *, samples: int) -> Table:
+def overhead_table(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict[str, Any], *, samples: int) -> Table:
     rows = []
     for key, cell in found.items():
-        task, _, adapter, mode, precision, world_size, grad_accum, batch_size, _ = key
-        native = found.get(native_cell(key))
-        global_batch = (batch_size or 0) * (world_size or 1) * (grad_accum or 1)
-        label = " ".join([adapter, mode, precision] + ([f"ws{world_size}"] if (world_size or 1) > 1 else [])
-                         + ([f"acc{grad_accum}"] if (grad_accum or 1) > 1 else []))
+        native = found.get(key.native)
+        global_batch = key.global_batch
+        label = " ".join([key.adapter, key.mode, key.precision]
+                         + ([f"ws{key.world_size}"] if (key.world_size or 1) > 1 else [])
+                         + ([f"acc{key.grad_accum}"] if (key.grad_accum or 1) > 1 else []))
         row: dict[str, Any] = {
-            "cell": describe_cell(key), "label": label, "task_key": task + (f"[{key[1]}]" if key[1] else ""),
-            "task": task, "options": key[1], "adapter": adapter, "mode": mode,
-            "precision": precision, "world_size": world_size, "grad_accum": grad_accum, "batch_size": batch_size,
-            "runs": _status_line(cell), "repeats": len(cell.groups),
+            "cell": key.describe(), "label": label, "task_key": key.task_key,
+            "task": key.task, "options": key.options, "adapter": key.adapter, "mode": key.mode,
+            "precision": key.precision, "world_size": key.world_size, "grad_accum": key.grad_accum,
+            "batch_size": key.batch_size, "runs": _status_line(cell), "repeats": len(cell.groups),
         }
-        median = median_ci(cell.groups, samples=samples)
+        median = stats.median_ci(cell.groups, samples=samples)
         if median:
             row.update(median_step_us=median.value, median_step_low=median.low, median_step_high=median.high,
                        steps_measured=median.samples)
             row.update(throughput=global_batch / (median.value / 1e6),
                        throughput_low=global_batch / (median.high / 1e6),
                        throughput_high=global_batch / (median.low / 1e6) if median.low > 0 else None)
-        is_reference = adapter == "native" and mode == "aligned"
+        is_reference = key.is_reference
         if native and native.groups and cell.groups and not is_reference:
-            ratio, diff = compare_ci(cell.groups, native.groups, samples=samples)
+            ratio, diff = stats.compare_medians(cell.groups, native.groups, samples=samples)
             if ratio is not None:
                 row.update(ratio=ratio.value, ratio_low=ratio.low, ratio_high=ratio.high)
             row.update(overhead_us=diff.value, overhead_low=diff.low, overhead_high=diff.high,
@@ -271,7 +229,7 @@ def overhead_table(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[st
                 values = [v / 2**20 for v in values]
             value, low, high = _per_run_ci(values, samples=samples)
             row.update({out: value, f"{out}_low": low, f"{out}_high": high})
-        row.update(time_to_target(cell, tasks.get(task, {}), samples=samples))
+        row.update(time_to_target(cell, tasks.get(key.task, {}), samples=samples))
         rows.append(row)
     columns = [
         Column("cell", "cell", numeric=False), Column("runs", "runs", numeric=False), Column("repeats", "repeats"),
@@ -342,17 +300,16 @@ def fixed_difference(points, native_points, *, samples: int, seed: int = 0) -> t
     return float(min(low, point)), float(max(high, point))
 
 
-def scaling_fits(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str, Any], *, samples: int):
+def scaling_fits(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict[str, Any], *, samples: int):
     """Per adapter × mode × precision: step time = fixed + slope · FLOPs over the scaling runs' medians."""
     points: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for key, cell in found.items():
-        task, _, adapter, mode, precision, world_size, _grad_accum, _, device = key
-        if task != "scaling" or world_size != 1:
+        if key.task != "scaling" or key.world_size != 1:
             continue
         for row, group in cell.measured:
             flops = flops_per_step(row, tasks)
             if flops is not None and group:
-                points[(adapter, mode, precision, device)].append((flops, float(np.median(group))))
+                points[(key.adapter, key.mode, key.precision, key.device)].append((flops, float(np.median(group))))
     fits = {}
     for group_key, pts in sorted(points.items(), key=lambda item: (item[0][0] != "native", item[0])):
         pts.sort()
@@ -397,16 +354,16 @@ def scaling_fits(frame: pd.DataFrame, found: dict[tuple, Cell], tasks: dict[str,
 # --------------------------------------------------------------------------- defaults vs aligned
 
 
-def defaults_table(found: dict[tuple, Cell], *, samples: int) -> Table:
+def defaults_table(found: dict[Cell, CellRuns], *, samples: int) -> Table:
     rows = []
     for key, cell in found.items():
-        if key[3] != "defaults":
+        if key.mode != "defaults":
             continue
-        aligned = found.get((*key[:3], "aligned", *key[4:]))
-        row = {"cell": f"{key[2]}: {describe_cell(key, with_adapter=False)}", "adapter": key[2],
+        aligned = found.get(key._replace(mode="aligned"))
+        row = {"cell": f"{key.adapter}: {key.describe(with_adapter=False)}", "adapter": key.adapter,
                "repeats_defaults": len(cell.groups), "repeats_aligned": len(aligned.groups) if aligned else 0}
         if aligned and aligned.groups and cell.groups:
-            ratio, diff = compare_ci(cell.groups, aligned.groups, samples=samples)
+            ratio, diff = stats.compare_medians(cell.groups, aligned.groups, samples=samples)
             row.update(step_cost_us=diff.value, step_cost_low=diff.low, step_cost_high=diff.high)
             if ratio is not None:
                 row.update(ratio=ratio.value, ratio_low=ratio.low, ratio_high=ratio.high)
@@ -434,64 +391,40 @@ def defaults_table(found: dict[tuple, Cell], *, samples: int) -> Table:
 
 # --------------------------------------------------------------------------- parity
 
-_DETAIL = re.compile(
-    r"^(?P<verdict>close|diverged): losses differ first at step (?P<first>\w+) \(max \|Δloss\| (?P<loss>[^)]+)\); "
-    r"largest weight difference in (?P<tensor>\S+) \(abs (?P<wabs>[^,]+), rel (?P<wrel>[^)]+)\)"
-    r"(?:; beyond tolerance from step (?P<beyond>\d+))?"
-)
-_BITWISE = re.compile(r"^bitwise \((?P<steps>\d+) steps")
-
-
 PARITY_FIELDS = (
     "steps_compared", "first_differing_step", "first_step_beyond_tolerance", "loss_max_abs_diff", "tensor",
     "weight_max_abs_diff", "weight_max_rel_diff",
 )
 
 
-def parse_parity(verdict: str | None, detail: str | None, structured: str | None = None) -> dict[str, Any]:
-    """The structured verdict from the MLflow tags: the ``parity_json`` tag when the run has it,
-    else parsed from the ``harness.parity.Verdict.describe`` text of older runs."""
+def parity_of(row: dict[str, Any]) -> Parity | None:
+    """A run's verdicts from its structured ``parity_json`` tag (None for a run without one)."""
+    return Parity.from_json(_plain(row.get("parity_json")))
+
+
+def verdict_fields(verdict: str | None, comparison: Verdict | None) -> dict[str, Any]:
+    """The figures a parity row shows for one comparison: what its verdict needs, nothing more."""
     out: dict[str, Any] = {"verdict": verdict}
-    if structured:
-        try:
-            data = json.loads(structured)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            if verdict == "not-comparable":
-                out["reason"] = data.get("reason")
-            elif verdict == "bitwise":
-                out["steps_compared"] = data.get("steps_compared")
-            else:
-                out.update({name: data.get(name) for name in PARITY_FIELDS})
-            return out
-    detail = detail or ""
-    if match := _BITWISE.match(detail):
-        out["steps_compared"] = int(match["steps"])
-    elif match := _DETAIL.match(detail):
-        out["first_differing_step"] = int(match["first"]) if match["first"].isdigit() else None
-        out["loss_max_abs_diff"] = _number(match["loss"])
-        out["tensor"] = None if match["tensor"] == "None" else match["tensor"]
-        out["weight_max_abs_diff"] = _number(match["wabs"])
-        out["weight_max_rel_diff"] = _number(match["wrel"])
-        out["first_step_beyond_tolerance"] = int(match["beyond"]) if match["beyond"] else None
-    elif detail.startswith("not-comparable: "):
-        out["reason"] = detail.removeprefix("not-comparable: ")
-    elif detail:
-        out["reason"] = detail
+    if comparison is None:
+        return out
+    if verdict == "not-comparable":
+        out["reason"] = comparison.reason
+    elif verdict == "bitwise":
+        out["steps_compared"] = comparison.steps_compared
+    else:
+        out.update({name: getattr(comparison, name) for name in PARITY_FIELDS})
     return out
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+def primary_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The headline verdict of a run (its ``parity`` tag) with the figures of that comparison."""
+    parity = parity_of(row)
+    return verdict_fields(_plain(row["parity"]), parity.primary if parity else None)
 
 
 def run_name(row: dict[str, Any]) -> str:
     extra = f" s{row['seed']}" + (f" r{row['repeat']}" if _plain(row["repeat"]) else "")
-    return describe_cell(cell_of(row)) + extra
+    return cell_of(row).describe() + extra
 
 
 def parity_table(frame: pd.DataFrame) -> Table:
@@ -500,8 +433,7 @@ def parity_table(frame: pd.DataFrame) -> Table:
         verdict = _plain(row["parity"])
         if verdict is None:
             continue
-        parsed = parse_parity(verdict, _plain(row["parity_detail"]), _plain(row.get("parity_json")))
-        rows.append({"run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"], **parsed})
+        rows.append({"run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"], **primary_fields(row)})
     columns = [
         Column("run", "run", numeric=False), Column("verdict", "verdict", numeric=False),
         Column("steps_compared", "steps"), Column("first_differing_step", "first differing step"),
@@ -528,10 +460,10 @@ def _losses(record: RunRecord | None) -> list[float]:
 
 def repeats_table(frame: pd.DataFrame, records: Sequence[RunRecord]) -> Table:
     by_run = {r.run_id: r for r in records}
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[Cell, Any], list[dict[str, Any]]] = defaultdict(list)
     for row in frame.to_dict(orient="records"):
         if row["status"] == "ok":
-            groups[(*cell_of(row), _plain(row["seed"]))].append(row)
+            groups[(cell_of(row), _plain(row["seed"]))].append(row)
     rows = []
     for key, members in groups.items():
         if len(members) < 2:
@@ -542,7 +474,7 @@ def repeats_table(frame: pd.DataFrame, records: Sequence[RunRecord]) -> Table:
         same_losses = all(t == first for t in trajectories[1:])
         max_diff = max((abs(a - b) for t in trajectories[1:] for a, b in zip(first, t)), default=0.0)
         rows.append({
-            "cell": describe_cell(key[:-1]) + f" s{key[-1]}", "repeats": len(members),
+            "cell": key[0].describe() + f" s{key[1]}", "repeats": len(members),
             "bitwise": "yes" if same_losses and len(digests) == 1 else "no",
             "distinct_weight_digests": len(digests), "loss_max_abs_diff": max_diff,
         })
@@ -559,7 +491,7 @@ def precision_table(frame: pd.DataFrame, tasks: dict[str, Any]) -> Table:
     rows_by_key: dict[tuple, dict[str, Any]] = {}
     for row in frame.to_dict(orient="records"):
         if row["status"] == "ok":
-            key = cell_of(row)[:4] + cell_of(row)[5:] + (_plain(row["seed"]), _plain(row["repeat"]))
+            key = (cell_of(row)._replace(precision=None), _plain(row["seed"]), _plain(row["repeat"]))
             rows_by_key[(*key, row["precision"])] = row
     rows = []
     for key, low in rows_by_key.items():
@@ -602,7 +534,7 @@ def distributed_table(frame: pd.DataFrame) -> Table:
         global_batch = row["batch_size"] * row["world_size"] * row["grad_accum"]
         single = singles.get((row["task"], row["options"], row["precision"], _plain(row["seed"]), global_batch,
                               row["steps"]))
-        parsed = parse_parity(_plain(row["parity"]), _plain(row["parity_detail"]), _plain(row.get("parity_json")))
+        parsed = primary_fields(row)
         entry = {"run": run_name(row), "status": row["status"], "kind": "DDP" if row["world_size"] > 1 else
                  "accumulation", "global_batch": global_batch, "verdict": parsed.get("verdict") or "no verdict",
                  "first_differing_step": parsed.get("first_differing_step"),

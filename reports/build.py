@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from harness.environment import REPO_ROOT
+from harness.payload import redact, secret_values
 from harness.stats import BOOTSTRAP_SAMPLES
-from harness.tracking import redact, secret_values
 from reports import analysis, plots, render, tables
 from reports.source import RunRecord, Selection, load_runs
 
@@ -415,10 +415,8 @@ def steps_csv(report: Report) -> str:
 
 def write_report(report: Report, out_root: Path | None = None) -> Path:
     folder = Path(out_root if out_root is not None else default_out()) / report.report_id
-    render.write_all(report, folder)
-    (folder / "raw.json").write_text(json.dumps(report.raw_document(), indent=1, sort_keys=True, allow_nan=False)
-                                     + "\n", encoding="utf-8")
-    (folder / "steps.csv").write_text(steps_csv(report), encoding="utf-8")
+    raw = json.dumps(report.raw_document(), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    render.write_all(report, folder, extra={"raw.json": raw, "steps.csv": steps_csv(report)})
     return folder
 
 
@@ -466,27 +464,50 @@ def verify_report(folder: Path) -> tuple[str | None, list[str]]:
     if rebuilt.report_id != saved.get("report_id"):
         problems.append(f"report id: saved {saved.get('report_id')}, recomputed from raw.json {rebuilt.report_id} "
                         "(the raw data or the code computing the tables changed)")
+    # Plots are not recomputed (their pixels depend on matplotlib's version): the HTML is re-rendered
+    # around the saved images, whose digests the manifest below checks.
+    rebuilt.figures = {name: (caption, (folder / name).read_bytes() if (folder / name).is_file() else b"")
+                       for name, caption in _saved_captions(folder, saved)}
     document = json.loads(render.json_text(rebuilt))
-    for key in ("tables", "rows", "status_counts", "parity_counts", "provenance", "citation", "bibtex"):
+    # Every key of report.json but when and by which checkout it was written (and the file list, checked below).
+    for key in sorted((set(saved) | set(document)) - {"generated_at", "built_with", "files"}):
         difference = _first_difference(saved.get(key), document.get(key), key)
         if difference:
             problems.append(difference)
-    rebuilt.figures = {name: (caption, b"") for name, caption in _saved_captions(folder, saved)}
+    for name in saved.get("figures", []):
+        if not (folder / name).is_file():
+            problems.append(f"figure {name} is missing")
     for name, text in (("results.csv", render.csv_text(rebuilt)), ("steps.csv", steps_csv(rebuilt)),
-                       ("report.md", render.markdown(rebuilt))):
+                       ("report.md", render.markdown(rebuilt)), ("report.html", render.html_page(rebuilt))):
         path = folder / name
         if not path.exists():
             problems.append(f"{name} is missing")
         elif path.read_text(encoding="utf-8") != text:
             problems.append(f"{name} differs from the one recomputed from raw.json{_line_hint(path.read_text(), text)}")
-    for name in saved.get("figures", []):
-        if not (folder / name).is_file():
-            problems.append(f"figure {name} is missing")
+    problems += _manifest_problems(folder, saved.get("files"))
     built, now = saved.get("built_with", {}), _builder_version()
     if problems and built.get("git_sha") and built.get("git_sha") != now.get("git_sha"):
         problems.append(f"note: the report was built by bakeoff at {built['git_sha'][:12]}, this checkout is "
                         f"{str(now.get('git_sha'))[:12]}; if the table code changed since, verify from that commit")
     return saved.get("report_id"), problems
+
+
+def _manifest_problems(folder: Path, files: dict[str, str] | None) -> list[str]:
+    """Every file of the folder against the digests ``report.json`` lists (reports without a list: none)."""
+    if files is None:
+        return []
+    problems = []
+    for name, digest in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif render.file_digest(path) != digest:
+            problems.append(f"{name} was changed after the report was written (its SHA-256 is not the one "
+                            "report.json lists)")
+    unlisted = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in files
+                      and p.name != "report.json")
+    problems += [f"{name} is not part of the report (report.json does not list it)" for name in unlisted]
+    return problems
 
 
 def _saved_captions(folder: Path, saved: dict[str, Any]) -> list[tuple[str, str]]:

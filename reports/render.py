@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
@@ -282,23 +283,34 @@ def csv_text(report) -> str:
     return report.frame.to_csv(index=False, lineterminator="\n")
 
 
-def json_text(report) -> str:
-    return json.dumps(report.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
+def json_text(report, files: dict[str, str] | None = None) -> str:
+    document = report.to_dict()
+    if files is not None:
+        document["files"] = files
+    return json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_all(report, folder: Path) -> dict[str, Path]:
-    """Write every output into ``folder``; returns name → path."""
+def write_all(report, folder: Path, extra: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write every output (and ``extra`` name → text files) into ``folder``; returns name → path.
+
+    ``report.json`` comes last and lists the SHA-256 of every other file, so ``--verify`` can tell
+    that no file of the folder was changed, the HTML readers open included.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, (_, png) in report.figures.items():
         (folder / name).write_bytes(png)
         written[name] = folder / name
-    for name, text in (
-        ("report.md", markdown(report)),
-        ("report.html", html_page(report)),
-        ("results.csv", csv_text(report)),
-        ("report.json", json_text(report)),
-    ):
+    texts = {"report.md": markdown(report), "report.html": html_page(report), "results.csv": csv_text(report),
+             **(extra or {})}
+    for name, text in texts.items():
         (folder / name).write_text(text, encoding="utf-8")
         written[name] = folder / name
+    files = {name: file_digest(path) for name, path in sorted(written.items())}
+    (folder / "report.json").write_text(json_text(report, files), encoding="utf-8")
+    written["report.json"] = folder / "report.json"
     return written
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -12,17 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.tracking import (
-    INVOCATION_ARTIFACT,
-    KIND_INVOCATION,
-    KIND_RESULT,
-    STEP_METRICS,
-    TAG,
-    client,
-    experiment_name,
-    newest_per_spec,
-    search_kind,
-)
+from harness.ingest import INVOCATION_ARTIFACT
+from harness.payload import KIND_INVOCATION, KIND_RESULT, STEP_METRICS, TAG, Payload, payload_of
+from harness.store import client, experiment_name, newest_per_spec, search_kind
 
 
 class SourceError(ValueError):
@@ -36,10 +28,14 @@ class Selection:
     suite: str | None = None
     experiment: str | None = None
     run_id: str | None = None
+    run_ids: tuple[str, ...] = ()
+    """Exactly these result runs of the suite's experiment (what one ``bench`` invocation covers)."""
 
     def describe(self) -> str:
         if self.run_id:
             return f"run {self.run_id}"
+        if self.run_ids:
+            return f"{len(self.run_ids)} runs of suite {self.suite}"
         if self.experiment:
             return f"experiment {self.experiment}"
         return f"suite {self.suite}"
@@ -108,6 +104,12 @@ def _environment(mlflow_client, run_id: str) -> dict[str, Any]:
     return {k: environment[k] for k in ENVIRONMENT_KEYS if k in environment}
 
 
+def kept_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The tags a record keeps: bakeoff's own and the run's note (MLflow's bookkeeping tags are left out,
+    so a record read from the store equals the one built from the same payload)."""
+    return {k: v for k, v in tags.items() if k.startswith(TAG) or k == "mlflow.note.content"}
+
+
 def _record(mlflow_client, run, with_histories: bool) -> RunRecord:
     record = RunRecord(
         run_id=run.info.run_id,
@@ -115,7 +117,7 @@ def _record(mlflow_client, run, with_histories: bool) -> RunRecord:
         status=run.info.status,
         start_time=run.info.start_time or 0,
         params=dict(run.data.params),
-        tags=dict(run.data.tags),
+        tags=kept_tags(dict(run.data.tags)),
         metrics=dict(run.data.metrics),
     )
     if with_histories:
@@ -127,44 +129,37 @@ def _record(mlflow_client, run, with_histories: bool) -> RunRecord:
     return record
 
 
-def records_from_results(results: list[dict[str, Any]], results_dir: Path | None = None) -> list[RunRecord]:
-    """RunRecords exactly as ``harness.tracking.log_result`` would store these results, without MLflow.
+def record_of(payload: Payload, environment: dict[str, Any], *, run_id: str, experiment_id: str) -> RunRecord:
+    """The record of a run written from ``payload``: what the store returns for it, without asking the store."""
+    return RunRecord(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        status=payload.status,
+        start_time=payload.start_ms,
+        params=dict(payload.params),
+        tags=kept_tags(payload.tags),
+        metrics=payload.latest_metrics(),
+        histories=payload.histories(STEP_METRICS),
+        environment={k: environment[k] for k in ENVIRONMENT_KEYS if k in environment},
+    )
 
-    For tests and offline previews; a test checks it against what MLflow really returns. Run ids
-    are derived from the spec id and result digest (MLflow's own ids are random).
+
+def records_from_results(results: list, results_dir: Path | None = None) -> list[RunRecord]:
+    """RunRecords exactly as logging these results would store them, without MLflow (offline previews, tests).
+
+    Verdicts come from the same parity stage a logging pass runs; run ids are derived from the spec
+    id and the result digest (MLflow's own ids are random), start times from the results.
     """
-    from harness import tracking
+    from harness import parity
+    from harness.result import Result
 
-    secrets = tracking.secret_values()
-    verdicts = tracking.parity_verdicts(results, Path(results_dir or "."))
+    typed = [r if isinstance(r, Result) else Result.from_dict(r) for r in results]
+    verdicts = parity.stage(typed, typed, weights=parity.weights_from([Path(results_dir or ".")]))
     records = []
-    for index, result in enumerate(results):
-        digest = tracking.result_digest(result)
-        tags = tracking.tags_of(result, suite="offline", digest=digest, parity=verdicts.get(result["spec_id"]))
-        metrics = tracking.summary_metrics(result)
-        trajectory = result.get("trajectory", {})
-        ends = trajectory.get("step_end_ns", [])
-        durations = tracking.step_times_us(ends)
-        histories = {}
-        losses = [(s, float(v)) for s, v in enumerate(trajectory.get("losses", [])) if v is not None]
-        if losses:
-            histories["loss"] = losses
-        if durations:
-            histories["step_time_us"] = [(s, float(v)) for s, v in enumerate(durations)]
-        histories.update(tracking.eval_histories(trajectory))
-        environment = result.get("environment", {})
-        records.append(RunRecord(
-            run_id=f"offline-{result['spec_id']}-{digest}",
-            experiment_id="offline",
-            status=tracking.RUN_STATUS[result["status"]],
-            start_time=index,
-            params=tracking.params_of(result["spec"]),
-            tags={k: tracking.redact(v, secrets) for k, v in tags.items()},
-            # MLflow's run.data.metrics also holds each per-step metric's latest value.
-            metrics={**metrics, **{k: h[-1][1] for k, h in histories.items() if h}},
-            histories={k: v for k, v in histories.items() if k in STEP_METRICS},
-            environment={k: environment[k] for k in ENVIRONMENT_KEYS if k in environment},
-        ))
+    for result in typed:
+        payload = payload_of(result, suite="offline", parity=verdicts.get(result.spec_id))
+        records.append(record_of(payload, result.environment, run_id=f"offline-{result.spec_id}-{result.digest}",
+                                 experiment_id="offline"))
     return records
 
 
@@ -198,7 +193,15 @@ def load_runs(uri: str, selection: Selection, *, with_histories: bool = True) ->
         if experiment is None:
             raise SourceError(f"no experiment {name!r} in {uri}; run `bakeoff bench` or `bakeoff ingest` first")
         origin.update(experiment=experiment.name, experiment_id=experiment.experiment_id)
-        runs = newest_per_spec(search_kind(mlflow_client, experiment.experiment_id, KIND_RESULT))
+        found = search_kind(mlflow_client, experiment.experiment_id, KIND_RESULT)
+        if selection.run_ids:
+            by_id = {run.info.run_id: run for run in found}
+            missing = [run_id for run_id in selection.run_ids if run_id not in by_id]
+            if missing:
+                raise SourceError(f"run {missing[0]} is not a result run of experiment {name!r}")
+            runs = [by_id[run_id] for run_id in selection.run_ids]
+        else:
+            runs = newest_per_spec(found)
         suites = sorted({r.data.tags.get(TAG + "suite", "") for r in runs})
         origin["suite"] = selection.suite or (suites[0] if len(suites) == 1 else None)
     if not runs:

@@ -57,7 +57,7 @@ class TaskDefaults:
 
 @dataclass(frozen=True, kw_only=True)
 class Inferable:
-    """What a high-level API could infer from the data instead of being told (issue 6/11)."""
+    """What a high-level API could infer from the data instead of being told (``num_classes``, input shape)."""
 
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
@@ -74,12 +74,18 @@ class TaskData:
     """Where the data came from (a bundled data set, a generated corpus, a path)."""
 
 
+def hash_tensor_bytes(hasher, tensor: torch.Tensor) -> None:
+    """Feed a tensor's raw bytes (C order, on the CPU) to a hashlib object."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    hasher.update(flat.view(torch.uint8).numpy().tobytes())
+
+
 def tensors_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 over the shapes, dtypes and bytes of the tensors, in order: names the data a run saw."""
     hasher = hashlib.sha256()
     for tensor in tensors:
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
         hasher.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-        hasher.update(flat.view(torch.uint8).numpy().tobytes())
+        hash_tensor_bytes(hasher, tensor)
     return hasher.hexdigest()
 
 

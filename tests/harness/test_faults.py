@@ -1,4 +1,4 @@
-"""Faults survived with nothing lost (issue 9): dead ranks, OOM, library-callback exceptions,
+"""Faults survived with nothing lost: dead ranks, OOM, library-callback exceptions,
 a killed orchestrator, and two bench processes on one results folder.
 
 Every `failed` result of a fault is also logged to MLflow and read back as a FAILED run with the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import tracking
+from harness import ingest, payload, store
 from harness.result import read_result
 from harness.runner import RunOptions, run_spec, run_suite
 from harness.spec import Spec
@@ -50,16 +50,16 @@ def assert_failed_run(result: dict, results_dir: Path, uri: str) -> None:
     """Logging the result gives one FAILED MLflow run: the reason as tag and note, the partial trajectory as metrics."""
     assert result["status"] == "failed"
     suite = f"fault-{result['spec']['adapter']}-{result['spec_id'][:8]}"
-    logged = tracking.log_results([result], results_dir=results_dir, suite=suite, uri=uri, command="ingest")
+    logged = ingest.log_results([result], results_dir=results_dir, suite=suite, uri=uri, command="ingest")
     (run_id,) = logged.logged.values()
-    mlflow_client = tracking.client(uri)
+    mlflow_client = store.client(uri)
     run = mlflow_client.get_run(run_id)
     assert run.info.status == "FAILED"
     tags = run.data.tags
     assert tags["bakeoff.status"] == "failed" and tags["bakeoff.kind"] == "result"
     assert tags["bakeoff.error"] == result["error"] and result["error"]
     assert tags["mlflow.note.content"] == f"failed: {result['error']}"
-    assert run.data.params == tracking.params_of(result["spec"])
+    assert run.data.params == payload.params_of(result["spec"])
     losses = result["trajectory"]["losses"]
     history = sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run_id, "loss"))
     # Every recorded loss, NaN included (MLflow stores it as NaN); nothing beyond what the worker recorded.

@@ -1,4 +1,4 @@
-"""Scale-out (issue 9): two `bench --shard i/2` processes at once into one PostgreSQL-backed MLflow server.
+"""Scale-out: two `bench --shard i/2` processes at once into one PostgreSQL-backed MLflow server.
 
 The fixture starts a private PostgreSQL cluster from Debian's packages (``make test-deps`` installs
 them): ``initdb`` into a temporary folder and ``pg_ctl start`` on a free port bound to 127.0.0.1, its
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import tracking
+from harness import payload, store
 from harness.cli import main
 from tests.conftest import REPO_ROOT
 from tests.harness.test_tracking import _free_port, running_mlflow_server
@@ -200,12 +200,12 @@ def test_two_shards_into_a_postgres_backed_server_merge_into_the_unsharded_repor
     assert sorted(map(sorted, repeats)) == [[0], [1]], repeats
 
     # No duplicate MLflow runs: exactly one complete result run per spec id, none half-written.
-    mlflow_client = tracking.client(uri)
-    experiment = mlflow_client.get_experiment_by_name(tracking.experiment_name(SUITE))
-    runs = tracking.search_kind(mlflow_client, experiment.experiment_id, tracking.KIND_RESULT)
+    mlflow_client = store.client(uri)
+    experiment = mlflow_client.get_experiment_by_name(store.experiment_name(SUITE))
+    runs = store.search_kind(mlflow_client, experiment.experiment_id, payload.KIND_RESULT)
     assert Counter(run.data.tags["bakeoff.spec_id"] for run in runs) == dict.fromkeys(unsharded_ids, 1)
-    assert tracking.search_kind(mlflow_client, experiment.experiment_id, tracking.KIND_INCOMPLETE) == []
-    assert len(tracking.search_kind(mlflow_client, experiment.experiment_id, tracking.KIND_INVOCATION)) == 2
+    assert store.search_kind(mlflow_client, experiment.experiment_id, payload.KIND_INCOMPLETE) == []
+    assert len(store.search_kind(mlflow_client, experiment.experiment_id, payload.KIND_INVOCATION)) == 2
 
     merged = build_report(uri, Selection(suite=SUITE))
     unsharded = build_report(sqlite_uri, Selection(suite=SUITE))

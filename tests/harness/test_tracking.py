@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import tracking
+from harness import ingest, payload
+from harness import store as mlstore
 from harness.cli import main
-from harness.result import base_result, read_result, result_path, validate_result, write_result
+from harness.result import Result, base_result, read_result, result_path, validate_result, write_result
 from harness.spec import Spec
 from harness.suites import get_suite
 
@@ -148,7 +149,7 @@ def sqlite_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
 
 
-_logged: dict[str, tuple[str, tracking.LogReport]] = {}
+_logged: dict[str, tuple[str, ingest.LogReport]] = {}
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -156,15 +157,15 @@ def store(request, tmp_path_factory, suite_results):
     """(uri, what logging the suite results reported), logged once per store kind."""
     if request.param not in _logged:
         uri = request.getfixturevalue("sqlite_uri" if request.param == "sqlite" else "mlflow_server")
-        tracking.check_store(uri)
+        mlstore.check_store(uri)
         folder, results = suite_results
-        report = tracking.log_results(results, results_dir=folder, suite="quick", uri=uri, command="bench")
+        report = ingest.log_results(results, results_dir=folder, suite="quick", uri=uri, command="bench")
         _logged[request.param] = (uri, report)
     return _logged[request.param]
 
 
 def _all_result_runs(uri: str, experiment_id: str):
-    return tracking.client(uri).search_runs([experiment_id], filter_string="tags.`bakeoff.kind` = 'result'")
+    return mlstore.client(uri).search_runs([experiment_id], filter_string="tags.`bakeoff.kind` = 'result'")
 
 
 # --------------------------------------------------------------------------- store selection
@@ -172,21 +173,21 @@ def _all_result_runs(uri: str, experiment_id: str):
 
 def test_default_store_is_an_explicit_sqlite_uri_at_the_repository_root(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root = Path(tracking.__file__).resolve().parents[1]
-    assert tracking.resolve_tracking_uri() == f"sqlite:///{root / 'mlflow.db'}"
-    assert tracking.artifact_root(tracking.resolve_tracking_uri()) == (root / "mlartifacts").as_uri()
+    root = Path(ingest.__file__).resolve().parents[1]
+    assert mlstore.resolve_tracking_uri() == f"sqlite:///{root / 'mlflow.db'}"
+    assert mlstore.artifact_root(mlstore.resolve_tracking_uri()) == (root / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:5000"
-    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
-    assert tracking.artifact_root("http://127.0.0.1:5000") is None  # the server decides
+    assert mlstore.resolve_tracking_uri() == "http://127.0.0.1:5000"
+    assert mlstore.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert mlstore.artifact_root("http://127.0.0.1:5000") is None  # the server decides
 
 
 def test_sqlite_store_never_creates_mlruns_in_the_working_directory(tmp_path, monkeypatch, suite_results, sqlite_uri):
     monkeypatch.chdir(tmp_path)
     folder, results = suite_results
-    tracking.log_results(results[:1], results_dir=folder, suite="cwd", uri=sqlite_uri, command="bench")
+    ingest.log_results(results[:1], results_dir=folder, suite="cwd", uri=sqlite_uri, command="bench")
     assert not (tmp_path / "mlruns").exists()
-    beside_database = tracking.sqlite_path(sqlite_uri).parent / "mlartifacts" / "bakeoff-cwd"
+    beside_database = mlstore.sqlite_path(sqlite_uri).parent / "mlartifacts" / "bakeoff-cwd"
     assert any(beside_database.rglob("result.json"))
 
 
@@ -196,7 +197,7 @@ def test_sqlite_store_never_creates_mlruns_in_the_working_directory(tmp_path, mo
 def test_suite_runs_read_back_with_params_metrics_tags_and_artifacts(store, suite_results):
     uri, report = store
     folder, results = suite_results
-    client = tracking.client(uri)
+    client = mlstore.client(uri)
     assert set(report.logged) == {r["spec_id"] for r in results}
     statuses = {r["status"] for r in results}
     assert statuses == {"ok", "failed", "unsupported"}
@@ -204,7 +205,7 @@ def test_suite_runs_read_back_with_params_metrics_tags_and_artifacts(store, suit
         run = client.get_run(report.logged[result["spec_id"]])
         tags, spec = run.data.tags, result["spec"]
         assert tags["mlflow.parentRunId"] == report.parent_run_id
-        assert run.data.params == tracking.params_of(spec)
+        assert run.data.params == payload.params_of(spec)
         assert tags["bakeoff.spec_id"] == result["spec_id"]
         assert tags["bakeoff.status"] == result["status"]
         for name in ("task", "adapter", "mode", "precision"):
@@ -232,7 +233,7 @@ def test_suite_runs_read_back_with_params_metrics_tags_and_artifacts(store, suit
             enumerate(result["trajectory"]["losses"])
         )
         step_times = sorted(client.get_metric_history(run.info.run_id, "step_time_us"), key=lambda m: m.step)
-        assert [m.value for m in step_times] == tracking.step_times_us(result["trajectory"]["step_end_ns"])
+        assert [m.value for m in step_times] == payload.step_times_us(result["trajectory"]["step_end_ns"])
         summary = result["summary"]
         for key in ("median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric",
                     "wall_s"):
@@ -248,7 +249,7 @@ def test_suite_runs_read_back_with_params_metrics_tags_and_artifacts(store, suit
 def test_parity_verdicts_are_tags(store, suite_results):
     uri, report = store
     _, results = suite_results
-    client = tracking.client(uri)
+    client = mlstore.client(uri)
     by_label = {Spec.from_dict(r["spec"]).label: r for r in results}
     repeat = by_label["digits native aligned fp32 s0 r1"]
     first = by_label["digits native aligned fp32 s0"]
@@ -275,7 +276,7 @@ def test_ingest_twice_creates_no_duplicates(store, suite_results):
     uri, report = store
     folder, results = suite_results
     before = len(_all_result_runs(uri, report.experiment_id))
-    again = tracking.log_results(results, results_dir=folder, suite="quick", uri=uri, command="ingest")
+    again = ingest.log_results(results, results_dir=folder, suite="quick", uri=uri, command="ingest")
     assert again.logged == {} and again.parent_run_id is None
     assert again.existing == report.logged
     assert len(_all_result_runs(uri, report.experiment_id)) == before == len(results)
@@ -289,14 +290,14 @@ def test_two_processes_logging_one_folder_at_once_log_each_result_once(suite_res
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "harness.cli", "ingest", str(folder), "--suite", "quick", "--tracking-uri", uri]
     environ = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    tracking.check_store(uri)  # create the schema first: two processes migrating one SQLite file is its own race
+    mlstore.check_store(uri)  # create the schema first: two processes migrating one SQLite file is its own race
     processes = [subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
-    experiment_id = tracking.client(uri).get_experiment_by_name(tracking.experiment_name("quick")).experiment_id
+    experiment_id = mlstore.client(uri).get_experiment_by_name(mlstore.experiment_name("quick")).experiment_id
     runs = _all_result_runs(uri, experiment_id)
-    assert sorted(r.data.tags[tracking.TAG + "spec_id"] for r in runs) == sorted(r["spec_id"] for r in results)
+    assert sorted(r.data.tags[payload.TAG + "spec_id"] for r in runs) == sorted(r["spec_id"] for r in results)
     assert sum(f"{len(results)} new runs" in out for out in outputs) == 1, outputs
     assert sum(bool(re.search(r"\b0 new runs", out)) for out in outputs) == 1, outputs
 
@@ -315,9 +316,9 @@ def test_a_folder_that_cannot_hold_the_lock_is_still_ingested(suite_results, tmp
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(tracking, "open", refusing_open, raising=False)
+    monkeypatch.setattr(ingest, "open", refusing_open, raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    logged = tracking.log_results(results, results_dir=folder, suite="quick", uri=uri, command="ingest")
+    logged = ingest.log_results(results, results_dir=folder, suite="quick", uri=uri, command="ingest")
     assert len(logged.logged) == len(results)
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
     assert (Path(tempfile.gettempdir()) / f"bakeoff-tracking-{key}.lock").exists()
@@ -333,7 +334,7 @@ def test_report_from_the_store_holds_the_figures_mlflow_holds(store, suite_resul
     folder = write_report(built, tmp_path)
     markdown = (folder / "report.md").read_text()
     rows = {row["spec_id"]: row for row in csv.DictReader(io.StringIO((folder / "results.csv").read_text()))}
-    client = tracking.client(uri)
+    client = mlstore.client(uri)
     assert set(rows) == set(report.logged)
     for spec_id, run_id in report.logged.items():
         metrics = client.get_run(run_id).data.metrics
@@ -366,14 +367,14 @@ def test_per_step_metrics_go_in_with_log_batch_within_mlflow_limits(suite_result
     monkeypatch.setattr(MlflowClient, "log_batch", spy_batch)
     monkeypatch.setattr(MlflowClient, "log_metric", lambda *a, **k: calls.append(("log_metric", 1)))
     uri = sqlite_uri
-    client = tracking.client(uri)
-    experiment = tracking.get_or_create_experiment(client, "bakeoff-batch", uri)
+    client = mlstore.client(uri)
+    experiment = mlstore.get_or_create_experiment(client, "bakeoff-batch", uri)
     started = time.perf_counter()
-    run_id = tracking.log_result(client, experiment, result, suite="batch")
+    run_id = ingest.log_result(client, experiment, result, suite="batch")
     seconds = time.perf_counter() - started
     print(f"logging one run with {2 * steps} metric points to SQLite took {seconds:.2f} s")
     assert ("log_metric", 1) not in calls
-    points = 2 * steps + len(tracking.summary_metrics(result))
+    points = 2 * steps + len(payload.summary_metrics(Result.from_dict(result)))
     assert sum(n for _, n in calls) == points
     assert len(calls) <= 1 + -(-points // 1000)  # 5000+ points: 6 calls at most, not one per point
     assert len(client.get_metric_history(run_id, "loss")) == steps
@@ -382,15 +383,15 @@ def test_per_step_metrics_go_in_with_log_batch_within_mlflow_limits(suite_result
 def test_long_values_are_clipped_to_mlflow_limits(sqlite_uri):
     spec = Spec(task="scaling", adapter="native", batch_size=4, steps=1, lr=0.1, options={"note": "x" * 7000})
     result = base_result(spec, status="unsupported", error="y" * 9000)
-    params = tracking.params_of(result["spec"])
+    params = payload.params_of(result["spec"])
     assert len(params["options.note"]) == 7002  # JSON-quoted; clipped when logged
     uri = sqlite_uri
-    client = tracking.client(uri)
-    run_id = tracking.log_result(client, tracking.get_or_create_experiment(client, "bakeoff-clip", uri), result,
+    client = mlstore.client(uri)
+    run_id = ingest.log_result(client, mlstore.get_or_create_experiment(client, "bakeoff-clip", uri), result,
                                  suite="clip")
     run = client.get_run(run_id)
-    assert len(run.data.params["options.note"]) <= tracking.MAX_PARAM_VALUE
-    assert len(run.data.tags["bakeoff.error"]) <= tracking.MAX_TAG_VALUE
+    assert len(run.data.params["options.note"]) <= payload.MAX_PARAM_VALUE
+    assert len(run.data.tags["bakeoff.error"]) <= payload.MAX_TAG_VALUE
     assert run.data.tags["bakeoff.error"].endswith("[truncated]")
 
 
@@ -430,7 +431,7 @@ def test_store_failure_after_training_keeps_results_for_a_later_ingest(tmp_path,
     def broken(*args, **kwargs):
         raise MlflowException("database is locked")
 
-    monkeypatch.setattr(tracking, "log_result", broken)
+    monkeypatch.setattr(ingest, "write_payload", broken)
     code = main([*bench, "--tracking-uri", uri])
     err = capsys.readouterr().err
     assert code == 1
@@ -464,7 +465,7 @@ def test_planted_secret_reaches_no_param_tag_artifact_or_report(store, suite_res
     from reports.source import Selection
 
     uri, report = store
-    client = tracking.client(uri)
+    client = mlstore.client(uri)
     texts = []
     for run_id in [*report.logged.values(), report.parent_run_id]:
         run = client.get_run(run_id)
@@ -477,4 +478,52 @@ def test_planted_secret_reaches_no_param_tag_artifact_or_report(store, suite_res
     assert texts
     assert all(planted_secret not in text for text in texts)
     assert all("AWS_SECRET_ACCESS_KEY=" + planted_secret not in text for text in texts)
-    assert any(tracking.REDACTED in text for text in texts)  # the failed run's error was scrubbed, not dropped
+    assert any(payload.REDACTED in text for text in texts)  # the failed run's error was scrubbed, not dropped
+
+
+# --------------------------------------------------------------------------- what a user is told
+
+
+def test_partial_ingest_exits_1_with_a_summary_unless_partial_is_accepted(suite_results, tmp_path, capsys,
+                                                                        sqlite_uri):
+    import shutil
+
+    source, results = suite_results
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for path in source.glob("*.json"):
+        shutil.copy(path, folder / path.name)
+    first = sorted(folder.glob("*.json"))[0]
+    (folder / "truncated.json").write_text(first.read_text()[:200])
+    mismatched = json.loads(first.read_text())
+    mismatched["spec_id"] = "0123456789abcdef"
+    (folder / "mismatched.json").write_text(json.dumps(mismatched))
+    uri = sqlite_uri
+    assert main(["ingest", str(folder), "--suite", "partial", "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "skipping" in err and "truncated.json" in err and "mismatched.json" in err
+    assert f"2 of {len(results) + 2} files in {folder} were skipped" in err and "--allow-partial" in err
+    assert main(["ingest", str(folder), "--suite", "partial", "--tracking-uri", uri, "--allow-partial"]) == 0
+    assert main(["ingest", str(first), "--suite", "partial", "--tracking-uri", uri]) == 2
+    assert "is a file; ingest takes a folder" in capsys.readouterr().err
+
+
+def test_a_bench_rerun_that_logs_nothing_adds_no_run_and_its_report_cites_the_logged_runs(
+    tmp_path, capsys, monkeypatch, sqlite_uri
+):
+    bench = _tiny_suite(tmp_path, monkeypatch, "rerun")
+    monkeypatch.setenv("BAKEOFF_REPORTS_OUT", str(tmp_path / "out"))
+    uri = sqlite_uri
+    assert main([*bench, "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert main([*bench, "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "mlflow: 0 runs logged, 1 already there" in out and "nothing new, no parent run" in out
+    client = mlstore.client(uri)
+    experiment = client.get_experiment_by_name(mlstore.experiment_name("rerun")).experiment_id
+    assert len(mlstore.search_kind(client, experiment, payload.KIND_INVOCATION)) == 1
+    (result_run,) = mlstore.search_kind(client, experiment, payload.KIND_RESULT)
+    html = next(line for line in out.splitlines() if line.startswith("report ")).rsplit(" ", 1)[1]
+    raw = json.loads((Path(html).parent / "raw.json").read_text())
+    assert [run["run_id"] for run in raw["runs"]] == [result_run.info.run_id]
+    assert "parent_run_id" not in raw["origin"]

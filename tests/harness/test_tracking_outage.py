@@ -1,4 +1,4 @@
-"""The tracking store dying (issue 9): results stay on disk, `ingest` completes the store, nothing twice.
+"""The tracking store dying: results stay on disk, `ingest` completes the store, nothing twice.
 
 Two ways: a real ``mlflow server`` stopped while `bench` is running its suite, and a store that
 fails at every possible write of a logging pass (in-process fault injection), so some runs are
@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 
-from harness import tracking
+from harness import ingest, payload, store
 from harness.cli import main
 from harness.result import base_result, read_result, result_path, write_result
 from harness.spec import Spec
@@ -35,9 +35,9 @@ seed = [0, 1, 2]
 
 
 def _result_runs(uri: str, experiment: str) -> list:
-    mlflow_client = tracking.client(uri)
-    found = mlflow_client.get_experiment_by_name(tracking.experiment_name(experiment))
-    return tracking.search_kind(mlflow_client, found.experiment_id, tracking.KIND_RESULT) if found else []
+    mlflow_client = store.client(uri)
+    found = mlflow_client.get_experiment_by_name(store.experiment_name(experiment))
+    return store.search_kind(mlflow_client, found.experiment_id, payload.KIND_RESULT) if found else []
 
 
 def test_server_stopped_mid_suite_keeps_every_result_for_one_ingest(tmp_path, capsys):
@@ -130,7 +130,7 @@ def test_store_dying_at_any_write_is_completed_by_ingest_without_duplicates(outa
     uri = os.environ["MLFLOW_TRACKING_URI"]  # this test's private SQLite store (tests/conftest.py)
     with monkeypatch.context() as patch:
         counter = DyingStore(patch)
-        tracking.log_results(results, results_dir=folder, suite="clean", uri=uri, command="bench")
+        ingest.log_results(results, results_dir=folder, suite="clean", uri=uri, command="bench")
         writes = counter.calls
     assert writes >= 4 * 5  # per run: create, log_batch, log_inputs/artifacts, terminate, final tag
     partial_seen = set()
@@ -138,34 +138,34 @@ def test_store_dying_at_any_write_is_completed_by_ingest_without_duplicates(outa
         name = f"cut-{die_at}"
         with monkeypatch.context() as patch:
             DyingStore(patch, die_at=die_at)
-            with pytest.raises(tracking.TrackingError, match="injected"):
-                tracking.log_results(results, results_dir=folder, suite=name, uri=uri, command="bench")
+            with pytest.raises(store.TrackingError, match="injected"):
+                ingest.log_results(results, results_dir=folder, suite=name, uri=uri, command="bench")
         already = len(_result_runs(uri, name))
         partial_seen.add(already)
-        again = tracking.log_results(results, results_dir=folder, suite=name, uri=uri, command="ingest")
+        again = ingest.log_results(results, results_dir=folder, suite=name, uri=uri, command="ingest")
         assert len(again.logged) + len(again.existing) == len(results)
         assert len(again.logged) == len(results) - already
         runs = _result_runs(uri, name)
         assert Counter(run.data.tags["bakeoff.spec_id"] for run in runs) == {r["spec_id"]: 1 for r in results}, die_at
-        mlflow_client = tracking.client(uri)
+        mlflow_client = store.client(uri)
         experiment_id = runs[0].info.experiment_id
-        assert tracking.search_kind(mlflow_client, experiment_id, tracking.KIND_INCOMPLETE) == [], die_at
+        assert store.search_kind(mlflow_client, experiment_id, payload.KIND_INCOMPLETE) == [], die_at
         # Not even an anonymous run: one cut right after create_run once left a run with no tags at all.
         every_run = mlflow_client.search_runs([experiment_id])
         kinds = Counter(run.data.tags.get("bakeoff.kind") for run in every_run)
-        assert set(kinds) <= {tracking.KIND_RESULT, tracking.KIND_INVOCATION}, (die_at, kinds)
+        assert set(kinds) <= {payload.KIND_RESULT, payload.KIND_INVOCATION}, (die_at, kinds)
         by_spec = {run.data.tags["bakeoff.spec_id"]: run for run in runs}
         for result in results:  # every run complete: status, artifacts, the whole trajectory
             run = by_spec[result["spec_id"]]
-            assert run.info.status == tracking.RUN_STATUS[result["status"]], die_at
+            assert run.info.status == payload.RUN_STATUS[result["status"]], die_at
             assert {a.path for a in mlflow_client.list_artifacts(run.info.run_id)} == {
                 "result.json", "env.json", "trajectory.csv"}, die_at
             losses = mlflow_client.get_metric_history(run.info.run_id, "loss")
             assert sorted((m.step, m.value) for m in losses) == list(enumerate(result["trajectory"]["losses"]))
         repeat = by_spec[results[1]["spec_id"]]
         assert repeat.data.tags["bakeoff.parity"] == "bitwise", die_at
-        final = tracking.log_results(results, results_dir=folder, suite=name, uri=uri, command="ingest")
-        assert final.logged == {} and final.parent_run_id is None and final.parity_filled == 0
+        final = ingest.log_results(results, results_dir=folder, suite=name, uri=uri, command="ingest")
+        assert final.logged == {} and final.parent_run_id is None and final.parity_updated == 0
         assert len(_result_runs(uri, name)) == len(results)
     print(f"store killed at each of {writes} writes; result runs already logged when it died: {sorted(partial_seen)}")
     # The cuts covered a store dying with none, some and all of the runs logged.
@@ -187,13 +187,13 @@ def test_log_inputs_retries_a_lost_race_on_the_dataset_table_and_nothing_else():
 
     race = MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "x"')
     store = Store([race])
-    tracking._log_inputs(store, "run", [])
+    ingest.log_inputs(store, "run", [])
     assert store.calls == 2
     store = Store([MlflowException("Connection refused")])
     with pytest.raises(MlflowException, match="Connection refused"):
-        tracking._log_inputs(store, "run", [])
+        ingest.log_inputs(store, "run", [])
     assert store.calls == 1
     store = Store([race, race, race])
     with pytest.raises(MlflowException, match="UniqueViolation"):
-        tracking._log_inputs(store, "run", [])
+        ingest.log_inputs(store, "run", [])
     assert store.calls == 3

@@ -1,4 +1,4 @@
-"""The citable report (issue 7): statistics with CIs, decomposition, parity, reproducibility, verify, browser.
+"""The citable report: statistics with CIs, decomposition, parity, reproducibility, verify, browser.
 
 Results are synthetic (valid result dicts with planted step times, losses and weights) logged into a
 temporary SQLite MLflow store, so every expected figure is known in advance and nothing is trained.
@@ -7,6 +7,7 @@ temporary SQLite MLflow store, so every expected figure is known in advance and 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -15,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import tracking
+from harness import ingest
 from harness.cli import main
-from reports.analysis import Cell, combined_verdict, compare_ci, time_to_target
+from harness.stats import compare_medians as compare_ci
+from reports.analysis import CellRuns, combined_verdict, time_to_target
 from reports.build import build_report, verify_report, write_report
 from reports.source import RunRecord, Selection, records_from_results
 from tasks.scaling import flops_per_sample
@@ -99,7 +101,7 @@ def store(tmp_path_factory):
     for result, weights in synthetic_results():
         save(folder, result, weights)
         results.append(result)
-    logged = tracking.log_results(results, results_dir=folder, suite=SUITE, uri=uri, command="ingest")
+    logged = ingest.log_results(results, results_dir=folder, suite=SUITE, uri=uri, command="ingest")
     assert len(logged.logged) == len(results)
     report = build_report(uri, Selection(suite=SUITE), samples=SAMPLES)
     return uri, folder, results, report
@@ -197,17 +199,17 @@ def test_time_to_target_gives_a_time_only_when_every_run_reached_it():
         return {"status": "ok", "evals_run": 4, "eval_every": 4, "time_to_target_s": seconds, "steps_to_target": step}
 
     digits = {"target_metric": 0.9, "metric_name": "accuracy", "higher_is_better": True}
-    every = time_to_target(Cell(key=(), rows=[row(0.2, 8), row(0.3, 8), row(0.25, 8)]), digits, samples=200)
+    every = time_to_target(CellRuns(key=(), rows=[row(0.2, 8), row(0.3, 8), row(0.25, 8)]), digits, samples=200)
     assert every["time_to_target_s"] == 0.25 and every["target_reached_runs"] == 3
     assert every["time_to_target_low"] <= 0.25 <= every["time_to_target_high"]
     # One run of three missed: no median over the other two (it would flatter the cell).
-    partly = time_to_target(Cell(key=(), rows=[row(0.2, 8), row(None), row(None)]), digits, samples=200)
+    partly = time_to_target(CellRuns(key=(), rows=[row(0.2, 8), row(None), row(None)]), digits, samples=200)
     assert "time_to_target_s" not in partly and partly["target_reached_runs"] == 1
     assert partly["time_to_target"] == "accuracy ≥ 0.9 reached in only 1/3 runs (fastest 0.2 s at step 8) " \
         "(eval every 4): no time given"
     failed = {"status": "failed", "evals_run": 4, "time_to_target_s": None}
-    assert time_to_target(Cell(key=(), rows=[failed, row(0.4, 12)]), digits, samples=200)["time_to_target_s"] == 0.4
-    assert time_to_target(Cell(key=(), rows=[row(0.4, 12)]), {"target_metric": None}, samples=200) == {
+    assert time_to_target(CellRuns(key=(), rows=[failed, row(0.4, 12)]), digits, samples=200)["time_to_target_s"] == 0.4
+    assert time_to_target(CellRuns(key=(), rows=[row(0.4, 12)]), {"target_metric": None}, samples=200) == {
         "time_to_target": "no target declared"}
 
 
@@ -337,7 +339,56 @@ def test_verify_passes_and_names_what_was_changed(written, tmp_path, capsys):
     assert main(["report", "--verify", str(edited)]) == 1
     assert "report.md differs" in capsys.readouterr().out
 
+    # The HTML is what readers open: one figure edited in it fails the check.
+    edited = tmp_path / "edited-html"
+    shutil.copytree(written, edited)
+    html = (edited / "report.html").read_text()
+    assert "3 ok" in html
+    (edited / "report.html").write_text(html.replace("3 ok", "4 ok", 1))
+    assert main(["report", "--verify", str(edited)]) == 1
+    out = capsys.readouterr().out
+    assert "report.html differs" in out and "report.html was changed after the report was written" in out
+
+    # A plot swapped for another, and a file slipped into the folder.
+    edited = tmp_path / "edited-figure"
+    shutil.copytree(written, edited)
+    figure = next(edited.glob("*.png"))
+    figure.write_bytes(figure.read_bytes() + b"\0")
+    (edited / "notes.txt").write_text("not part of the report")
+    assert main(["report", "--verify", str(edited)]) == 1
+    out = capsys.readouterr().out
+    assert f"{figure.name} was changed" in out and "notes.txt is not part of the report" in out
+
     assert main(["report", "--verify", str(tmp_path / "nowhere")]) == 2
+    assert "no such report folder" in capsys.readouterr().err
+    assert main(["report", "--verify", str(written / "report.md")]) == 2
+    assert "is a file; --verify takes a report folder" in capsys.readouterr().err
+    incomplete = tmp_path / "no-raw"
+    shutil.copytree(written, incomplete)
+    (incomplete / "raw.json").unlink()
+    assert main(["report", "--verify", str(incomplete)]) == 2
+    err = capsys.readouterr().err
+    assert "not a complete report folder: raw.json missing" in err and err.count("\n") == 1
+
+
+def test_report_out_that_cannot_be_written_is_one_line(store, tmp_path, capsys):
+    uri = store[0]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for out, message in ((a_file, "is a file, not a folder"), (a_file / "below", "is a file, not a folder"),
+                             (locked / "reports", "is not writable")):
+            code = main(["report", "--suite", SUITE, "--tracking-uri", uri, "--out", str(out)])
+            err = capsys.readouterr().err
+            if os.geteuid() == 0 and "writable" in message:
+                continue  # root writes anywhere: the permission case cannot fail for it
+            assert code == 2, (out, err)
+            assert err.startswith("bakeoff: error: --out ") and message in err and err.count("\n") == 1
+    finally:
+        locked.chmod(0o700)
 
 
 def test_report_command_writes_raw_data_under_BAKEOFF_REPORTS_OUT(store, tmp_path, monkeypatch):

@@ -12,8 +12,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.stats import compare_medians as compare_ci
+from harness.stats import median_ci
 from reports import render
-from reports.analysis import compare_ci, median_ci
 from reports.build import assemble, verify_report, write_report
 from reports.source import RunRecord, records_from_results
 from tests.reports.synthetic import make_result, spec

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from harness import tracking
+from harness import ingest, store
 from harness.cli import main
 from harness.result import base_result, read_result, result_path, write_result
 from harness.spec import Spec
@@ -36,9 +36,9 @@ def logged(tmp_path_factory):
                  base_result(replace(native, adapter="lightning"), status="unsupported", error="not installed"))
     failed = replace(native, precision="bf16-mixed")
     write_result(result_path(folder, failed), base_result(failed, status="failed", error="worker exited with code 3"))
-    results, problems = tracking.read_result_dir(folder)
+    results, problems = ingest.read_result_dir(folder)
     assert not problems and len(results) == 4
-    report = tracking.log_results(results, results_dir=folder, suite=SUITE, uri=uri, command="ingest")
+    report = ingest.log_results(results, results_dir=folder, suite=SUITE, uri=uri, command="ingest")
     return uri, report, folder
 
 
@@ -53,7 +53,7 @@ def test_report_prints_exactly_the_figures_mlflow_holds(logged, tmp_path):
     rows = _csv_rows(folder)
     markdown = (folder / "report.md").read_text()
     page = (folder / "report.html").read_text()
-    client = tracking.client(uri)
+    client = store.client(uri)
     assert set(rows) == set(report.logged)
     for spec_id, run_id in report.logged.items():
         run = client.get_run(run_id)
@@ -101,7 +101,7 @@ def test_report_id_follows_the_content(logged, tmp_path):
     changed = read_result(folder / f"{native}.json")
     changed["summary"]["median_step_us"] += 1.0
     changed["timing"]["launch_wall_ns"] += 10**12
-    again = tracking.log_results([changed], results_dir=folder, suite=SUITE, uri=uri, command="ingest")
+    again = ingest.log_results([changed], results_dir=folder, suite=SUITE, uri=uri, command="ingest")
     assert native in again.logged
     updated = build_report(uri, Selection(suite=SUITE))
     assert updated.report_id != first.report_id
