@@ -23,7 +23,7 @@ import pandas as pd
 from harness import stats
 from harness.cells import Cell
 from harness.durations import after_warmup
-from harness.parity import Parity, Verdict
+from harness.parity import DECLARED, REPEAT, SINGLE_PROCESS, VERDICTS, Parity, Verdict
 from reports.source import RunRecord
 
 LOW_PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp16")
@@ -37,6 +37,8 @@ class Column:
     """Key of the CI's lower bound: the cell prints ``value [low, high]``."""
     high: str | None = None
     numeric: bool = True
+    markup: bool = False
+    """The cell holds inline Markdown (links, code) to render, not plain text to escape."""
 
 
 @dataclass
@@ -234,16 +236,16 @@ def overhead_table(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict
     columns = [
         Column("cell", "cell", numeric=False), Column("runs", "runs", numeric=False), Column("repeats", "repeats"),
         Column("native_repeats", "native repeats"),
-        Column("median_step_us", "median µs/step [95% CI]", "median_step_low", "median_step_high"),
-        Column("ratio", "× native [95% CI]", "ratio_low", "ratio_high"),
-        Column("overhead_us", "overhead µs/step [95% CI]", "overhead_low", "overhead_high"),
+        Column("median_step_us", "median µs/step (95% CI)", "median_step_low", "median_step_high"),
+        Column("ratio", "× native (95% CI)", "ratio_low", "ratio_high"),
+        Column("overhead_us", "overhead µs/step (95% CI)", "overhead_low", "overhead_high"),
         Column("test_verdict", f"vs native (Mann–Whitney α={stats.ALPHA} and CI)", numeric=False),
         Column("p_value", "p"),
-        Column("throughput", "samples/s [95% CI]", "throughput_low", "throughput_high"),
+        Column("throughput", "samples/s (95% CI)", "throughput_low", "throughput_high"),
         Column("peak_mib", "peak MiB"),
-        Column("startup_s", "start-up s [95% CI]", "startup_s_low", "startup_s_high"),
-        Column("wall_s", "wall s [95% CI]", "wall_s_low", "wall_s_high"),
-        Column("time_to_target_s", "time to target s [95% CI]", "time_to_target_low", "time_to_target_high"),
+        Column("startup_s", "start-up s (95% CI)", "startup_s_low", "startup_s_high"),
+        Column("wall_s", "wall s (95% CI)", "wall_s_low", "wall_s_high"),
+        Column("time_to_target_s", "time to target s (95% CI)", "time_to_target_low", "time_to_target_high"),
         Column("time_to_target", "target", numeric=False),
     ]
     note = (
@@ -335,9 +337,9 @@ def scaling_fits(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict[s
     columns = [
         Column("adapter", "adapter", numeric=False), Column("mode", "mode", numeric=False),
         Column("precision", "precision", numeric=False), Column("runs", "runs (points)"),
-        Column("fixed_us", "fixed µs/step [95% CI]", "fixed_low", "fixed_high"),
-        Column("slope_us_per_gflop", "µs per GFLOP [95% CI]", "slope_low", "slope_high"),
-        Column("fixed_minus_native_us", "fixed − native fixed µs [95% CI]", "fixed_minus_native_low",
+        Column("fixed_us", "fixed µs/step (95% CI)", "fixed_low", "fixed_high"),
+        Column("slope_us_per_gflop", "µs per GFLOP (95% CI)", "slope_low", "slope_high"),
+        Column("fixed_minus_native_us", "fixed − native fixed µs (95% CI)", "fixed_minus_native_low",
                "fixed_minus_native_high"),
         Column("note", "note", numeric=False),
     ]
@@ -377,8 +379,8 @@ def defaults_table(found: dict[Cell, CellRuns], *, samples: int) -> Table:
     columns = [
         Column("cell", "cell", numeric=False), Column("repeats_defaults", "repeats (defaults)"),
         Column("repeats_aligned", "repeats (aligned)"),
-        Column("step_cost_us", "per-step cost µs [95% CI]", "step_cost_low", "step_cost_high"),
-        Column("ratio", "defaults ÷ aligned [95% CI]", "ratio_low", "ratio_high"),
+        Column("step_cost_us", "per-step cost µs (95% CI)", "step_cost_low", "step_cost_high"),
+        Column("ratio", "defaults ÷ aligned (95% CI)", "ratio_low", "ratio_high"),
         Column("wall_s_cost", "per-run cost s (wall)"), Column("startup_s_cost", "start-up cost s"),
         Column("fit_s_cost", "training-loop cost s"), Column("note", "note", numeric=False),
     ]
@@ -427,15 +429,36 @@ def run_name(row: dict[str, Any]) -> str:
     return cell_of(row).describe() + extra
 
 
+AGAINST = {DECLARED: "native, same configuration", SINGLE_PROCESS: "native, one process, same global batch",
+           REPEAT: "its first repeat"}
+"""How each partner role is named in the tables."""
+
+
+def comparisons_of(row: dict[str, Any]) -> list[Verdict]:
+    """Every comparison a run carries; a run logged before structured verdicts has its headline only."""
+    parity = parity_of(row)
+    if parity is not None:
+        return list(parity.comparisons)
+    verdict = _plain(row.get("parity"))
+    return [Verdict(verdict=verdict, reason="details not stored with this run")] if verdict in VERDICTS else []
+
+
 def parity_table(frame: pd.DataFrame) -> Table:
     rows = []
     for row in frame.to_dict(orient="records"):
-        verdict = _plain(row["parity"])
-        if verdict is None:
-            continue
-        rows.append({"run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"], **primary_fields(row)})
+        for comparison in comparisons_of(row):
+            rows.append({
+                "run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"],
+                "adapter": row["adapter"], "mode": row["mode"], "precision": row["precision"],
+                "world_size": _plain(row["world_size"]), "grad_accum": _plain(row["grad_accum"]),
+                "task_key": cell_of(row).task_key, "against": AGAINST.get(comparison.against, comparison.against),
+                "role": comparison.against, "reference": comparison.reference, "expected": comparison.expected,
+                "finding": comparison.finding, **verdict_fields(comparison.verdict, comparison),
+            })
     columns = [
-        Column("run", "run", numeric=False), Column("verdict", "verdict", numeric=False),
+        Column("run", "run", numeric=False), Column("against", "against", numeric=False),
+        Column("verdict", "verdict", numeric=False), Column("expected", "declared", numeric=False),
+        Column("finding", "finding", numeric=False),
         Column("steps_compared", "steps"), Column("first_differing_step", "first differing step"),
         Column("first_step_beyond_tolerance", "first step beyond tolerance"),
         Column("tensor", "tensor with largest difference", numeric=False),
@@ -443,11 +466,14 @@ def parity_table(frame: pd.DataFrame) -> Table:
         Column("weight_max_rel_diff", "rel |Δweight|"), Column("reason", "reason", numeric=False),
         Column("spec_id", "spec id", numeric=False),
     ]
-    note = ("Each run against the native aligned run of the same task, options, seed, steps, learning rate, precision "
-            "and global batch (its first repeat, single process, no accumulation); a native repeat is compared with "
-            "repeat 0, native DDP/accumulation runs with single-process native. `bitwise`: every step loss and every "
-            "final weight equal; `close`: within the task's declared tolerance for that precision; `diverged`: beyond "
-            "it; `not-comparable`: reason given. Runs without a verdict (the references themselves) are not listed.")
+    note = ("Each run against native aligned runs of the same task, options, seed, steps, learning rate and precision "
+            "(and the same CPU thread layout and kernels): the one with the same world size, accumulation and "
+            "batch (the partner the adapter's declaration is about; a native repeat is compared with its first "
+            "repeat), and, for DDP and accumulation, the one-process run at the same global batch (not comparable "
+            "for a task whose math depends on the batch). `bitwise`: every step loss and every final weight equal; "
+            "`close`: within the task's declared tolerance for that precision; `diverged`: beyond it; "
+            "`not-comparable`: reason given. *declared* is what the adapter declares for that comparison; a "
+            "*finding* is a measured verdict worse than declared. The references themselves are not listed.")
     return Table("parity", "Parity against the native loop", columns, rows, note)
 
 
@@ -534,24 +560,39 @@ def distributed_table(frame: pd.DataFrame) -> Table:
         global_batch = row["batch_size"] * row["world_size"] * row["grad_accum"]
         single = singles.get((row["task"], row["options"], row["precision"], _plain(row["seed"]), global_batch,
                               row["steps"]))
-        parsed = primary_fields(row)
-        entry = {"run": run_name(row), "status": row["status"], "kind": "DDP" if row["world_size"] > 1 else
-                 "accumulation", "global_batch": global_batch, "verdict": parsed.get("verdict") or "no verdict",
-                 "first_differing_step": parsed.get("first_differing_step"),
-                 "loss_max_abs_diff": parsed.get("loss_max_abs_diff"), "reason": parsed.get("reason")}
+        found = {v.against: v for v in comparisons_of(row)}
+        declared = found.get(DECLARED) or found.get(REPEAT)
+        one_process = found.get(SINGLE_PROCESS)
+        entry = {"run": run_name(row), "status": row["status"], "adapter": row["adapter"], "mode": row["mode"],
+                 "kind": "DDP" if row["world_size"] > 1 else "accumulation", "global_batch": global_batch,
+                 "verdict_same": declared.verdict if declared else "no partner",
+                 "verdict": one_process.verdict if one_process else "no partner",
+                 "first_differing_step": one_process.first_differing_step if one_process else None,
+                 "loss_max_abs_diff": one_process.loss_max_abs_diff if one_process else None,
+                 "reason": "; ".join(filter(None, [(declared.reason if declared and declared.verdict ==
+                                                    "not-comparable" else ""),
+                                                   (one_process.reason if one_process and one_process.verdict ==
+                                                    "not-comparable" else "")])) or None,
+                 "coverage": _plain(row.get("coverage"))}
         if single is not None and row["status"] == "ok" and _plain(row["final_loss"]) is not None:
             entry["final_loss_difference"] = float(row["final_loss"]) - float(single["final_loss"])
         rows.append(entry)
     columns = [Column("run", "run", numeric=False), Column("kind", "kind", numeric=False),
                Column("status", "status", numeric=False), Column("global_batch", "global batch"),
-               Column("verdict", "verdict vs single-process native", numeric=False),
-               Column("first_differing_step", "first differing step"), Column("loss_max_abs_diff", "max |Δloss|"),
-               Column("final_loss_difference", "final loss − single-process native"),
+               Column("verdict_same", "vs native, same configuration", numeric=False),
+               Column("verdict", "vs native, one process", numeric=False),
+               Column("first_differing_step", "first differing step (one process)"),
+               Column("loss_max_abs_diff", "max |Δloss| (one process)"),
+               Column("final_loss_difference", "final loss − one-process native"),
+               Column("coverage", "sample coverage", numeric=False),
                Column("reason", "reason", numeric=False)]
-    note = ("DDP (world size > 1) and gradient-accumulation runs against the single-process native run with the same "
-            "global batch: equivalent math should give `bitwise` or `close` (floating-point reduction order may "
-            "differ).")
-    return Table("distributed", "Reproducibility: DDP and gradient accumulation vs single process", columns, rows, note)
+    note = ("DDP (world size > 1) and gradient-accumulation runs against two native partners: the run with the same "
+            "configuration (what the adapter declares, so an adapter's own deviation shows even where it is below "
+            "the tolerance) and the one-process run with the same global batch (equivalent math gives `bitwise` or "
+            "`close`, the all-reduce and thread layout change the float order; not comparable for a task that is "
+            "not batch-invariant). Sample coverage says which samples each epoch trained on (a fact about the run, "
+            "not part of the verdict).")
+    return Table("distributed", "Reproducibility: DDP and gradient accumulation", columns, rows, note)
 
 
 # --------------------------------------------------------------------------- everything
@@ -570,12 +611,12 @@ def inference_table(frame: pd.DataFrame) -> Table:
     rows = [{**row, "stated_by_hand": ", ".join(row["stated_by_hand"]), "library": f"{row['library']} {row['version']}"}
             for row in rows_of() if row["library"] in libraries]
     columns = [
-        Column("library", "library (source read at version)", numeric=False),
-        Column("entry_point", "entry point", numeric=False),
-        Column("num_classes", "number of classes", numeric=False),
-        Column("input_shape", "input shape", numeric=False),
-        Column("stated_by_hand", "the user states by hand", numeric=False),
-        Column("evidence", "where the library decides it", numeric=False),
+        Column("library", "library (source read at version)", numeric=False, markup=True),
+        Column("entry_point", "entry point", numeric=False, markup=True),
+        Column("num_classes", "number of classes", numeric=False, markup=True),
+        Column("input_shape", "input shape", numeric=False, markup=True),
+        Column("stated_by_hand", "the user states by hand", numeric=False, markup=True),
+        Column("evidence", "where the library decides it", numeric=False, markup=True),
     ]
     note = ("For the high-level APIs compared in this report: what the API infers from the data and what its "
             "user must state, read from each library's source at the version named (adapters/inference.py). "

@@ -20,18 +20,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
 from harness.environment import REPO_ROOT
-from harness.payload import redact, secret_values
 from harness.stats import BOOTSTRAP_SAMPLES
+from harness.store import store_kind
 from reports import analysis, plots, render, tables
 from reports.source import RunRecord, Selection, load_runs
 
-RAW_SCHEMA = "bakeoff.report-raw/1"
-REPORT_SCHEMA = "bakeoff.report/2"
+RAW_SCHEMA = "bakeoff.report-raw/2"
+REPORT_SCHEMA = "bakeoff.report/3"
 
 
 DEFAULT_OUT = REPO_ROOT / "reports" / "out"
@@ -58,6 +57,10 @@ class Report:
     reproduce: list[str]
     generated_at: str
     source_line: str
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    """The claims ledger the report decided (a snapshot: verify decides the same claims offline)."""
+    summaries: list = field(default_factory=list)
+    """Per adapter: the scoreboard cells and the findings sentences (``reports.findings``)."""
     figures: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     """file name → (caption, PNG bytes)."""
 
@@ -70,6 +73,22 @@ class Report:
     def parity_line(self) -> str:
         counts = tables.parity_counts(self.frame)
         return ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
+
+    @property
+    def summary_line(self) -> str:
+        """The report in one sentence: what ran, where, and what came out."""
+        adapters = sorted({str(a) for a in self.frame["adapter"].dropna()} - {"native"})
+        hardware = ", ".join(self.provenance.get("hardware", [])) or "an unnamed machine"
+        parity = f"; parity verdicts: {self.parity_line}" if self.parity_line else ""
+        return (f"{len(self.frame)} runs ({', '.join(f'{n} {s}' for s, n in tables.status_counts(self.frame).items())})"
+                f" of the native PyTorch loop and {len(adapters)} training APIs ({', '.join(adapters) or 'none'}) on "
+                f"the same tasks, initial weights and batches, measured on {self.measured_on} on {hardware}"
+                f"{parity}.")
+
+    @property
+    def citation_line(self) -> str:
+        return (f"Report `{self.report_id}` from {self.source_line}. Cite it as: {self.citation}; "
+                "[reproduce and verify](#reproduce-and-cite).")
 
     @property
     def measured_on(self) -> str:
@@ -140,6 +159,7 @@ class Report:
             "origin": self.origin,
             "settings": self.settings,
             "tasks": self.tasks,
+            "claims": self.claims,
             "runs": [r.to_dict() for r in sorted(self.records, key=lambda r: r.run_id)],
         }
 
@@ -161,6 +181,8 @@ class Report:
             "bibtex": self.bibtex,
             "citation_cff": self.citation_cff,
             "figures": sorted(self.figures),
+            "findings": [{"adapter": s.adapter, "label": s.label, "sentences": s.sentences, "findings": s.findings}
+                         for s in self.summaries],
             "tables": {name: table.to_dict() for name, table in self.tables.items()},
             "rows": self.rows(),
         }
@@ -200,6 +222,7 @@ def content_id(
     derived: dict[str, analysis.Table] | None = None,
     tasks: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
+    claims: list[dict[str, Any]] | None = None,
 ) -> str:
     """First 12 hex digits of SHA-256 over the canonical JSON of the raw runs, the declarations and every table.
 
@@ -212,16 +235,9 @@ def content_id(
         "tables": {name: t.to_dict() for name, t in (derived or {}).items()},
         "tasks": tasks or {},
         "settings": settings or {},
+        "claims": claims or [],
     }
     return hashlib.sha256(_canonical(json.loads(_canonical(content))).encode()).hexdigest()[:12]
-
-
-def public_uri(uri: str) -> str:
-    """The tracking URI without credentials (``http://user:token@host`` → ``http://host``)."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https") and (parts.username or parts.password):
-        uri = urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
-    return redact(uri, secret_values())
 
 
 def reproduce_commands(frame: pd.DataFrame, provenance: dict[str, list[str]], suite: str | None) -> list[str]:
@@ -354,23 +370,33 @@ def assemble(
     origin: dict[str, Any],
     *,
     tasks: dict[str, Any] | None = None,
+    claims: list[dict[str, Any]] | None = None,
     samples: int = BOOTSTRAP_SAMPLES,
     generated_at: str | None = None,
     with_figures: bool = True,
 ) -> Report:
     """The whole report from run records: a pure function of its inputs (bootstraps are seeded)."""
+    from reports import claims as ledger
+    from reports import findings
+
     frame = tables.runs_table(run_records)
     tasks = task_declarations([str(t) for t in frame["task"].dropna()]) if tasks is None else tasks
+    claims = ledger.load() if claims is None else claims
     settings = {"bootstrap_samples": samples, "confidence": 0.95, "bootstrap_seed": 0}
     derived, fits, _ = analysis.analyse(frame, run_records, tasks, samples=samples)
+    summaries = findings.summaries(frame, derived)
+    derived["scoreboard"] = findings.scoreboard(summaries)
+    derived["claims"] = ledger.claims_table(claims, derived, frame)
     provenance = full_provenance(run_records, frame, origin)
     suite = origin.get("suite")
-    source = f"MLflow {origin.get('tracking_uri')}, experiment {origin.get('experiment')}"
+    source = f"the {origin.get('store', 'MLflow store')}, experiment {origin.get('experiment')}"
     if origin.get("parent_run_id"):
         source += f", invocation run {origin['parent_run_id']}"
+    elif origin.get("run_ids"):
+        source += f", {len(origin['run_ids'])} runs of one bench invocation"
     else:
         source += " (newest run per spec)"
-    report_id = content_id(frame, run_records, derived, tasks, settings)
+    report_id = content_id(frame, run_records, derived, tasks, settings, claims)
     report = Report(
         report_id=report_id,
         title=f"bakeoff report: {suite or origin.get('experiment')}",
@@ -386,6 +412,8 @@ def assemble(
                    f".venv/bin/bakeoff report --verify reports/out/{report_id}   # re-check this report offline"],
         generated_at=generated_at or time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         source_line=source,
+        claims=claims,
+        summaries=summaries,
     )
     if with_figures:
         report.figures = _figures(report)
@@ -394,7 +422,9 @@ def assemble(
 
 def build_report(uri: str, selection: Selection, *, samples: int = BOOTSTRAP_SAMPLES) -> Report:
     selected, origin = load_runs(uri, selection)
-    origin = {**origin, "tracking_uri": public_uri(uri)}
+    origin = {**origin, "store": store_kind(uri)}
+    if selection.run_ids:
+        origin["run_ids"] = list(selection.run_ids)
     return assemble(selected, origin, samples=samples)
 
 
@@ -455,7 +485,7 @@ def verify_report(folder: Path) -> tuple[str | None, list[str]]:
         return saved.get("report_id"), [f"raw.json schema {raw.get('schema')!r} is not {RAW_SCHEMA!r}"]
     try:
         run_records = [RunRecord.from_dict(r) for r in raw["runs"]]
-        rebuilt = assemble(run_records, raw["origin"], tasks=raw["tasks"],
+        rebuilt = assemble(run_records, raw["origin"], tasks=raw["tasks"], claims=raw.get("claims", []),
                            samples=int(raw["settings"]["bootstrap_samples"]),
                            generated_at=saved.get("generated_at"), with_figures=False)
     except (KeyError, TypeError, ValueError) as error:

@@ -13,14 +13,23 @@ import pandas as pd
 
 from reports.tables import run_label, task_key
 
-DPI = 110
+DPI = 80
+PALETTE_COLOURS = 64
+"""Plots are line art: a 64-colour palette PNG is a quarter of the size and looks the same, which keeps a
+suite's self-contained HTML small enough to open anywhere."""
 
 
 def _png(figure) -> bytes:
+    from PIL import Image
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
-    return buffer.getvalue()
+    buffer.seek(0)
+    image = Image.open(buffer).convert("RGB").quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def loss_curves(frame: pd.DataFrame, losses: dict[str, list[tuple[int, float]]], task: str) -> bytes | None:

@@ -55,6 +55,9 @@ COLUMNS: list[tuple[str, str]] = [
     ("error", "tag:error"),
     ("parity_detail", "tag:parity_detail"),
     ("parity_json", "tag:parity_json"),
+    ("declared_parity", "tag:declared_parity"),
+    ("precision_impl", "tag:precision_impl"),
+    ("style", "tag:style"),
 ]
 NUMERIC = {
     "median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "eval_loss",

@@ -278,8 +278,8 @@ def test_inference_table_covers_the_high_level_apis_in_the_report(store, written
     keras = next(row for row in table.rows if row["library"].startswith("keras"))
     assert keras["num_classes"].startswith("stated")
     markdown = (written / "report.md").read_text(encoding="utf-8")
-    assert "## What the high-level APIs infer from the data" in markdown
-    assert "get_c(dls)" in markdown and "lightning-flash" not in markdown.split("## What the high-level")[1]
+    assert "## What it infers" in markdown
+    assert "get_c(dls)" in markdown and "lightning-flash" not in markdown.split("## What it infers")[1]
 
 
 def test_provenance_and_citation(store, written):
@@ -300,7 +300,7 @@ def test_provenance_and_citation(store, written):
         assert text in markdown
     document = json.loads((written / "report.json").read_text())
     assert set(document["tables"]) == {"overhead", "scaling", "defaults", "parity", "repeats", "precision", "inference",
-                                       "distributed"}
+                                       "distributed", "scoreboard", "claims"}
     raw = json.loads((written / "raw.json").read_text())
     assert {r["run_id"] for r in raw["runs"]} == set(report.frame["run_id"])
     steps = (written / "steps.csv").read_text().splitlines()
@@ -420,14 +420,14 @@ def test_html_renders_tables_and_images_in_headless_chromium(store, written, tmp
     assert int(attributes["images-total"]) == len(report.figures) >= 6
     assert int(attributes["images-decoded"]) == len(report.figures)  # every embedded PNG decoded
     non_empty = sum(1 for t in report.tables.values() if t.rows) + 1  # + the every-run table
-    assert int(attributes["tables-with-rows"]) == non_empty == 9
-    for table in report.tables.values():
-        assert table.title in dom
+    assert int(attributes["tables-with-rows"]) == non_empty == 11
+    for name, table in report.tables.items():
+        assert (f'id="table-{name}"' in dom) == bool(table.rows), name
     lightning = _row(report.tables["overhead"], task="digits", adapter="lightning", mode="aligned",
                      precision="fp32", world_size=1, grad_accum=1)
-    from reports.render import fmt
+    from reports.numbers import with_ci
 
-    assert f"{fmt(lightning['ratio'])} [{fmt(lightning['ratio_low'])}, {fmt(lightning['ratio_high'])}]" in dom
+    assert with_ci(lightning["ratio"], lightning["ratio_low"], lightning["ratio_high"]) in dom
     screenshot = tmp_path / "page.png"
     done = subprocess.run([*command[:-2], "--window-size=1400,3000", f"--screenshot={screenshot}",
                            (written / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
