@@ -8,8 +8,6 @@ STAMP := $(VENV)/.installed
 SUITE ?= quick
 PYTEST_ARGS ?=
 UI_PORT ?= 5000
-# The same store bakeoff uses when MLFLOW_TRACKING_URI is unset (harness/tracking.py).
-MLFLOW_DB := sqlite:///$(CURDIR)/mlflow.db
 
 .PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead envs golden lint lock clean help
 
@@ -45,10 +43,10 @@ bench: $(STAMP)
 report: $(STAMP)
 	$(BIN)/bakeoff report --suite $(SUITE)
 
+# Prints, for each suite's experiment, the link that opens its run table with bakeoff's columns, then
+# serves the UI on this machine only.
 ui: $(STAMP)
-	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store $(MLFLOW_DB); Ctrl-C stops it)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
-		--backend-store-uri $(MLFLOW_DB) --default-artifact-root $(CURDIR)/mlartifacts
+	$(BIN)/bakeoff ui --port $(UI_PORT)
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allowed growth of a cell's ratio to native (default 0.10 = 10%%)")
     compare.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
 
+    ui = commands.add_parser("ui", help="print the MLflow UI's links to each suite's run table and start the UI")
+    ui.add_argument("--port", type=int, default=5000, help="port of the local MLflow UI (default: 5000)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    ui.add_argument("--no-server", action="store_true", help="print the links and exit (e.g. for a running server)")
+    _add_tracking_option(ui)
+
     commands.add_parser("list", help="list tasks, adapters and suites")
     commands.add_parser("env", help="print the environment a result would record")
     return parser
@@ -487,6 +493,50 @@ def command_compare(args: argparse.Namespace) -> int:
     return EXIT_FAILED if comparison["regressions"] else EXIT_OK
 
 
+def command_ui(args: argparse.Namespace) -> int:
+    """``ui``: the links that open each bakeoff experiment's run table with its columns; then the server."""
+    from harness.store import (
+        ARTIFACTS_FOLDER,
+        EXPERIMENT_PREFIX,
+        VIEW_KEY,
+        client,
+        resolve_tracking_uri,
+        set_view,
+        sqlite_path,
+        view_url,
+    )
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    database = sqlite_path(uri)
+    served = uri if uri.startswith(("http://", "https://")) else f"http://{args.host}:{args.port}"
+    if database is not None and not database.exists():
+        print(f"no MLflow store at {database} yet: run `make bench` (or `bakeoff bench`) first")
+        experiments = []
+    else:
+        mlflow_client = client(uri)
+        experiments = [e for e in mlflow_client.search_experiments() if e.name.startswith(EXPERIMENT_PREFIX)]
+        for experiment in experiments:  # older experiments get the saved view too
+            set_view(mlflow_client, experiment.experiment_id, int(time.time() * 1000))
+    for experiment in sorted(experiments, key=lambda e: e.name):
+        print(f"{experiment.name}: {view_url(served, experiment.experiment_id)}")
+    if experiments:
+        print(f"(the view '{VIEW_KEY}' shows adapter, mode, precision, parity and µs/step as columns)")
+    if args.no_server or database is None:
+        return EXIT_OK
+    import shutil
+
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if mlflow is None:
+        raise UsageError("the mlflow command is not installed in this environment (make install)")
+    print(f"MLflow UI on {served} over {uri} (Ctrl-C stops it)", flush=True)
+    command = [mlflow, "server", "--host", args.host, "--port", str(args.port), "--workers", "1",
+               "--backend-store-uri", uri, "--default-artifact-root", str(database.resolve().parent / ARTIFACTS_FOLDER)]
+    os.execve(mlflow, command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    return EXIT_OK  # not reached
+
+
 def command_list(args: argparse.Namespace) -> int:
     from harness.registry import adapter_availability, get_adapter, get_task, task_names
     from harness.suites import BUILTIN
@@ -526,6 +576,7 @@ COMMANDS = {
     "ingest": command_ingest,
     "compare": command_compare,
     "report": command_report,
+    "ui": command_ui,
     "list": command_list,
     "env": command_env,
 }

@@ -57,6 +57,7 @@ from harness.store import (
     newest_per_spec,
     run_key,
     search_kind,
+    set_view,
 )
 
 INVOCATION_ARTIFACT = "invocation.json"
@@ -198,6 +199,7 @@ def _log_pass(
 ) -> LogReport:
     mlflow_client = client(uri)
     experiment_id = get_or_create_experiment(mlflow_client, experiment_name(experiment or suite), uri)
+    set_view(mlflow_client, experiment_id, int(time.time() * 1000))
     known = existing_results(mlflow_client, experiment_id)
     incomplete = search_kind(mlflow_client, experiment_id, KIND_INCOMPLETE)
     theirs = stored_results(mlflow_client, partner_runs(results, known.values()))

@@ -162,7 +162,20 @@ def summary_metrics(result: Result) -> dict[str, float]:
 
 
 def run_name(result: Result) -> str:
-    return result.spec.label + ("" if result.ok else f" ({result.status})")
+    """A short name that tells runs apart in MLflow's table: adapter and mode first, repeat always shown.
+
+    ``lightning/aligned digits bf16 ws2 s0 r1``; the full spec is in the params and the label tag.
+    """
+    spec = result.spec
+    options = ",".join(f"{k}={v}" for k, v in spec.options.items())
+    parts = [f"{spec.adapter}/{spec.mode}", spec.task + (f"[{options}]" if options else ""),
+             spec.precision.removesuffix("-mixed")]
+    if spec.world_size > 1:
+        parts.append(f"ws{spec.world_size}")
+    if spec.grad_accum > 1:
+        parts.append(f"acc{spec.grad_accum}")
+    parts += [f"s{spec.seed}", f"r{spec.repeat}"]
+    return " ".join(parts) + ("" if result.ok else f" ({result.status})")
 
 
 def tags_of(result: Result, *, suite: str, parity: Parity | None = None) -> dict[str, str]:
@@ -194,6 +207,8 @@ def tags_of(result: Result, *, suite: str, parity: Parity | None = None) -> dict
         "data_digest": result.task.get("data_digest"),
         "metric_name": result.task.get("metric_name"),
         "declared_parity": result.declared_parity,
+        "precision_impl": result.notes.get("precision_impl"),
+        "skipped_steps": result.notes.get("skipped_steps"),
     }
     tags.update(parity_tags(parity))
     out = {TAG + k: clip(v if isinstance(v, str) else json.dumps(v), MAX_TAG_VALUE) for k, v in tags.items()

@@ -129,6 +129,51 @@ def get_or_create_experiment(mlflow_client, name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
+VIEW_KEY = "bakeoff"
+"""The saved view bakeoff writes on every experiment (``mlflow.sharedViewState.<key>``)."""
+VIEW_COLUMNS = (
+    "tags.`bakeoff.task`", "tags.`bakeoff.adapter`", "tags.`bakeoff.mode`", "tags.`bakeoff.precision`",
+    "tags.`bakeoff.world_size`", "tags.`bakeoff.status`", "tags.`bakeoff.parity`", "metrics.`median_step_us`",
+    "metrics.`startup_s`", "metrics.`final_loss`",
+)
+
+
+def view_state() -> dict[str, Any]:
+    """The runs table a reader needs: only result runs (a flat list, no invocation rows to expand), the
+    columns that say what each run is and what it measured, and run names wide enough to read."""
+    return {
+        "searchFilter": f"tags.`{TAG}kind` = '{KIND_RESULT}'",
+        "selectedColumns": list(VIEW_COLUMNS),
+        "columnOrder": ["attributes.`Run Name`", *VIEW_COLUMNS],
+        "columnWidths": {"attributes.`Run Name`": 380},
+    }
+
+
+def set_view(mlflow_client, experiment_id: str, now_ms: int) -> None:
+    """Write bakeoff's saved view onto the experiment (MLflow 3 reads shared views from experiment tags)."""
+    import json
+
+    experiment = mlflow_client.get_experiment(experiment_id)
+    key = f"mlflow.sharedViewState.{VIEW_KEY}"
+    state = json.dumps(view_state(), sort_keys=True)
+    existing = experiment.tags.get(key)
+    if existing:
+        try:
+            if json.loads(existing).get("state") == state:
+                return
+        except ValueError:
+            pass
+    envelope = {"name": "bakeoff: what each run is and measured", "createdAt": now_ms, "updatedAt": now_ms,
+                "state": state}
+    mlflow_client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """The experiment's run table in the model-training view, with bakeoff's columns."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
 def search_kind(mlflow_client, experiment_id: str, kind: str) -> list[Any]:
     """Every active run of the experiment tagged ``bakeoff.kind = kind``."""
     runs, token = [], None
