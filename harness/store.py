@@ -132,20 +132,24 @@ def get_or_create_experiment(mlflow_client, name: str, uri: str) -> str:
 VIEW_KEY = "bakeoff"
 """The saved view bakeoff writes on every experiment (``mlflow.sharedViewState.<key>``)."""
 VIEW_COLUMNS = (
-    "tags.`bakeoff.task`", "tags.`bakeoff.adapter`", "tags.`bakeoff.mode`", "tags.`bakeoff.precision`",
-    "tags.`bakeoff.world_size`", "tags.`bakeoff.status`", "tags.`bakeoff.parity`", "metrics.`median_step_us`",
+    "tags.`bakeoff.adapter`", "tags.`bakeoff.mode`", "tags.`bakeoff.precision`", "tags.`bakeoff.parity`",
+    "metrics.`median_step_us`", "tags.`bakeoff.task`", "tags.`bakeoff.world_size`", "tags.`bakeoff.status`",
     "metrics.`startup_s`", "metrics.`final_loss`",
 )
+"""Most telling first: what ran, its verdict and its step time fit on a 1400-pixel screen."""
 
 
 def view_state() -> dict[str, Any]:
-    """The runs table a reader needs: only result runs (a flat list, no invocation rows to expand), the
+    """The runs table a reader needs: only result runs as a flat list (no invocation rows to expand), the
     columns that say what each run is and what it measured, and run names wide enough to read."""
     return {
         "searchFilter": f"tags.`{TAG}kind` = '{KIND_RESULT}'",
+        # Sorted by a metric, not by date: by date the UI nests child runs under their (hidden) parent.
+        "orderByKey": "metrics.`median_step_us`",
+        "orderByAsc": True,
         "selectedColumns": list(VIEW_COLUMNS),
         "columnOrder": ["attributes.`Run Name`", *VIEW_COLUMNS],
-        "columnWidths": {"attributes.`Run Name`": 380},
+        "columnWidths": {"attributes.`Run Name`": 270, **{column: 104 for column in VIEW_COLUMNS}},
     }
 
 
