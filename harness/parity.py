@@ -88,7 +88,8 @@ class Verdict:
     expected: str | None = None
     """What this comparison is expected to give (the adapter's declaration for ``declared``)."""
     weights_compared: bool = False
-    """Whether the saved weights were compared tensor by tensor (else only their digests)."""
+    """Whether the final weights were compared: tensor by tensor, or (for bitwise) by equal digests.
+    False when only differing digests were available, so nothing is known about how far apart they are."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -265,7 +266,8 @@ def compare(
     loss_diff = max((abs(a - b) for a, b in zip(ref_losses, cand_losses)), default=0.0)
     if reference_weights is None or candidate_weights is None:
         if first_diff is None and reference.weights_digest == candidate.weights_digest:
-            return Verdict(verdict="bitwise", steps_compared=steps)
+            # Equal SHA-256 digests of every tensor are equal tensors: the same verdict the tensors give.
+            return Verdict(verdict="bitwise", steps_compared=steps, weights_compared=True)
         return Verdict(
             verdict="not-comparable",
             reason="final weights were not saved, so only the digests could be compared and they differ",

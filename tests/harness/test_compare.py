@@ -41,7 +41,7 @@ def test_machine_twice_as_slow_is_not_a_regression():
 
 def test_overhead_growth_beyond_threshold_is_a_regression():
     comparison = compare_sets(result_set(100.0, 130.0), result_set(100.0, 180.0), threshold=0.10)
-    assert comparison["regressions"] == ["scaling lightning aligned fp32"]
+    assert comparison["regressions"] == ["scaling lightning aligned fp32 b16"]
     assert "REGRESSED" in format_table(comparison)
 
 
@@ -54,7 +54,7 @@ def test_cells_missing_a_side_are_listed_not_silently_dropped():
     baseline = result_set(100.0, 130.0)
     candidate = [r for r in result_set(100.0, 130.0) if r["spec"]["adapter"] == "native"]
     comparison = compare_sets(baseline, candidate)
-    assert comparison["not_compared"] == ["scaling lightning aligned fp32: only in baseline"]
+    assert comparison["not_compared"] == ["scaling lightning aligned fp32 b16: only in baseline"]
 
 
 def test_load_results_refuses_tampered_files(tmp_path):
