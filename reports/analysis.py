@@ -448,7 +448,7 @@ def parity_table(frame: pd.DataFrame) -> Table:
     for row in frame.to_dict(orient="records"):
         for comparison in comparisons_of(row):
             rows.append({
-                "run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"],
+                "run": run_name(row), "spec_id": row["spec_id"], "run_id": row["run_id"], "status": row["status"],
                 "adapter": row["adapter"], "mode": row["mode"], "precision": row["precision"],
                 "world_size": _plain(row["world_size"]), "grad_accum": _plain(row["grad_accum"]),
                 "task_key": cell_of(row).task_key, "against": AGAINST.get(comparison.against, comparison.against),

@@ -348,7 +348,8 @@ def _figures(report: Report) -> dict[str, tuple[str, bytes]]:
             figures[f"loss-{slug}.png"] = (f"{task}: training loss per step", png)
         png = plots.step_time_distributions(frame, step_times, task, warmup)
         if png:
-            figures[f"steptime-{slug}.png"] = (f"{task}: step-time distribution after warm-up", png)
+            caption = f"{task}: step-time distribution after warm-up (boxes: quartiles; whiskers: 1.5 IQR)"
+            figures[f"steptime-{slug}.png"] = (caption, png)
         png = plots.overhead_bars(overhead_rows, task)
         if png:
             figures[f"overhead-{slug}.png"] = (f"{task}: step time ÷ native with 95% CI", png)

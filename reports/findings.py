@@ -8,6 +8,7 @@ so instead of leaving a gap.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,12 +84,18 @@ def _adapters(frame) -> list[tuple[str, str, str | None]]:
     for row in frame.to_dict(orient="records"):
         name = row["adapter"]
         version = row.get("library_version") if row.get("status") == "ok" else None
-        library = row.get("library")
-        if name not in seen or (version and seen[name][0] == name):
-            if name == "native":
-                label = f"native (torch {version})" if version else "native"
-            else:
-                label = f"{name} ({library} {version})" if version and library else name
+        library = str(row.get("library") or "")
+        if name in seen and not version:
+            continue
+        if name == "native":
+            label = f"native (torch {version})" if version else "native"
+        elif version and library == name.partition("@")[0]:
+            label = f"{name} {version}" if "@" not in name else name
+        elif version:
+            label = f"{name} ({library} {version})"
+        else:
+            label = name
+        if name not in seen or seen[name][0] == name:
             seen[name] = (label, row.get("style"))
     order = sorted(seen, key=lambda a: (a != "native", a.partition("@")[0], a))
     return [(name, seen[name][0], seen[name][1]) for name in order]
@@ -101,7 +108,7 @@ def _verdict_counts(rows: list[dict[str, Any]]) -> str:
     total = sum(counts.values())
     if len(counts) == 1:
         (verdict, count), = counts.items()
-        return f"{verdict} ({count}/{total})"
+        return f"{verdict} {count}/{total}"
     return ", ".join(f"{counts[v]} {v}" for v in VERDICT_ORDER if counts.get(v))
 
 
@@ -113,38 +120,36 @@ def _unsupported(frame, adapter: str, predicate) -> str | None:
     return None
 
 
+SHORT = {"fp32": "aligned fp32", "bf16": "bf16", "fp16": "fp16", "ddp": "DDP", "accumulation": "accumulation"}
+
+
 def _parity(summary: AdapterSummary, parity_rows, frame) -> None:
     ours = [r for r in parity_rows if r["adapter"] == summary.adapter and r["mode"] == "aligned"
-            and r["role"] in ("declared", "repeat")]
+            and r["role"] in ("declared", "repeat") and r.get("status") != "unsupported"]
     phrases = []
-    for key, title, predicate in PARITY_GROUPS:
+    for key, _title, predicate in PARITY_GROUPS:
         group = [r for r in ours if predicate(r)]
         text = _verdict_counts(group)
         if not text:
             reason = _unsupported(frame, summary.adapter, predicate)
             summary.cells[key] = link("unsupported", ANCHOR["parity"]) if reason else "not run"
             if reason:
-                phrases.append(f"{title}: unsupported ({reason.rstrip('.')})")
+                phrases.append(f"{SHORT[key]} unsupported")
             continue
         summary.cells[key] = link(text, ANCHOR["parity"])
-        phrases.append(f"{title}: {text}")
+        phrases.append(f"{SHORT[key]} {text}")
         for row in group:
             if row.get("finding"):
-                summary.findings.append(f"{row['run']} {row['finding']} against {row['against']}")
-    if summary.adapter == "native":
-        if phrases:
-            summary.sentences.append("Reproducibility of the reference itself (repeats against the first repeat): "
-                                     + "; ".join(phrases) + f" ({link('parity', ANCHOR['parity'])}).")
+                summary.findings.append(f"{row['run']}: {row['finding']}")
+    if not phrases:
         return
-    if phrases:
-        summary.sentences.append("Parity with the native loop, against the same configuration: " + "; ".join(phrases)
-                                 + f" ({link('parity table', ANCHOR['parity'])}).")
+    what = "repeats vs the first repeat" if summary.adapter == "native" else "vs native"
+    summary.sentences.append(f"Parity {what}: " + " · ".join(phrases) + f" ({link('parity', ANCHOR['parity'])}).")
     single = [r for r in parity_rows if r["adapter"] == summary.adapter and r["role"] == "single-process"
-              and r["mode"] == "aligned"]
+              and r["mode"] == "aligned" and r.get("status") != "unsupported"]
     if single:
-        summary.sentences.append(
-            "Against one native process at the same global batch (DDP and accumulation): "
-            f"{_verdict_counts(single)} ({link('DDP and accumulation', ANCHOR['distributed'])}).")
+        summary.sentences.append(f"Against one process at the same global batch: {_verdict_counts(single)} "
+                                 f"({link('DDP and accumulation', ANCHOR['distributed'])}).")
 
 
 def _overhead(summary: AdapterSummary, tables: dict[str, Table]) -> None:
@@ -152,41 +157,32 @@ def _overhead(summary: AdapterSummary, tables: dict[str, Table]) -> None:
         summary.cells["overhead"] = "reference"
         return
     paired = tables.get("paired")
-    if paired is not None:
-        rows = [r for r in paired.rows if r.get("adapter") == summary.adapter and r.get("mode") == "aligned"
-                and r.get("overhead_us") is not None]
-        if rows:
-            row = rows[0]
-            text = numbers.signed_ci(row["overhead_us"], row.get("overhead_low"), row.get("overhead_high"), "µs")
-            summary.cells["overhead"] = link(text, ANCHOR["paired"])
-            where = row.get("cell") or "the paired cell"
-            summary.sentences.append(f"Per-step overhead over the native loop, aligned, paired in one process on "
-                                     f"{where}: {link(text, ANCHOR['paired'])} per step.")
-            return
-    scaling = tables.get("scaling")
-    rows = [r for r in (scaling.rows if scaling else []) if r["adapter"] == summary.adapter and r["mode"] == "aligned"
-            and r["precision"] == "fp32" and r.get("fixed_minus_native_us") is not None]
+    rows = [r for r in (paired.rows if paired else []) if r.get("adapter") == summary.adapter
+            and r.get("mode") == "aligned" and r.get("overhead_us") is not None]
     if rows:
-        row = rows[0]
-        text = numbers.signed_ci(row["fixed_minus_native_us"], row.get("fixed_minus_native_low"),
-                                 row.get("fixed_minus_native_high"), "µs")
-        summary.cells["overhead"] = link(text, ANCHOR["scaling"])
-        summary.sentences.append(f"Fixed per-step overhead over the native loop, aligned, from the width sweep "
-                                 f"(separate processes): {link(text, ANCHOR['scaling'])} per step.")
-        return
-    overhead = tables["overhead"]
-    rows = [r for r in overhead.rows if r["adapter"] == summary.adapter and r["mode"] == "aligned"
-            and r["precision"] == "fp32" and (r["world_size"] or 1) == 1 and (r["grad_accum"] or 1) == 1
-            and r.get("overhead_us") is not None]
-    if rows:
-        row = rows[0]
-        text = numbers.signed_ci(row["overhead_us"], row.get("overhead_low"), row.get("overhead_high"), "µs")
-        summary.cells["overhead"] = link(text, ANCHOR["overhead"])
-        summary.sentences.append(f"Per-step overhead over the native loop on {row['task_key']}, aligned (separate "
-                                 f"processes): {link(text, ANCHOR['overhead'])} per step, "
-                                 f"verdict: {row.get('test_verdict')}.")
+        row, source, what = rows[0], "paired", "paired in one process"
+        value, low, high = row["overhead_us"], row.get("overhead_low"), row.get("overhead_high")
     else:
-        summary.cells["overhead"] = "not measured"
+        scaling = tables.get("scaling")
+        rows = [r for r in (scaling.rows if scaling else []) if r["adapter"] == summary.adapter
+                and r["mode"] == "aligned" and r["precision"] == "fp32" and r.get("fixed_minus_native_us") is not None]
+        if rows:
+            row, source, what = rows[0], "scaling", "fixed term of the width sweep"
+            value, low, high = row["fixed_minus_native_us"], row.get("fixed_minus_native_low"), \
+                row.get("fixed_minus_native_high")
+        else:
+            rows = [r for r in tables["overhead"].rows if r["adapter"] == summary.adapter and r["mode"] == "aligned"
+                    and r["precision"] == "fp32" and (r["world_size"] or 1) == 1 and (r["grad_accum"] or 1) == 1
+                    and r.get("overhead_us") is not None]
+            if not rows:
+                summary.cells["overhead"] = "not measured"
+                return
+            row, source = rows[0], "overhead"
+            what = f"{row['task_key']}, separate processes"
+            value, low, high = row["overhead_us"], row.get("overhead_low"), row.get("overhead_high")
+    summary.cells["overhead"] = link(numbers.compact_ci(value, low, high), ANCHOR[source])
+    summary.sentences.append(f"Overhead {link(numbers.signed_ci(value, low, high, 'µs'), ANCHOR[source])} per step "
+                             f"({what}).")
 
 
 def _defaults(summary: AdapterSummary, tables: dict[str, Table]) -> None:
@@ -197,29 +193,33 @@ def _defaults(summary: AdapterSummary, tables: dict[str, Table]) -> None:
     if not rows:
         summary.cells["defaults"] = "not run"
         return
-    row = rows[0]
-    text = numbers.signed_ci(row["step_cost_us"], row.get("step_cost_low"), row.get("step_cost_high"), "µs")
-    where = row["cell"].split(": ", 1)[-1]
-    summary.cells["defaults"] = link(text, ANCHOR["defaults"])
-    summary.sentences.append(f"Its defaults (as a new user gets them) cost {link(text, ANCHOR['defaults'])} per step "
-                             f"more than aligned on {where}.")
+    # The task where the defaults' cost is known best (narrowest interval), named in the text.
+    row = min(rows, key=lambda r: (r.get("step_cost_high") or math.inf) - (r.get("step_cost_low") or -math.inf))
+    low, high = row.get("step_cost_low"), row.get("step_cost_high")
+    where = row["cell"].split(": ", 1)[-1].split(" ")[0]
+    summary.cells["defaults"] = link(numbers.compact_ci(row["step_cost_us"], low, high), ANCHOR["defaults"])
+    cost = link(numbers.signed_ci(row["step_cost_us"], low, high, "µs"), ANCHOR["defaults"])
+    summary.sentences.append(f"Defaults vs aligned: {cost} per step ({where}).")
 
 
-def _startup(summary: AdapterSummary, tables: dict[str, Table], native_startup: float | None) -> None:
+PREFERRED_TASKS = ("digits",)
+
+
+def _startup(summary: AdapterSummary, tables: dict[str, Table], native_startup: dict[str, float]) -> None:
     rows = [r for r in tables["overhead"].rows if r["adapter"] == summary.adapter and r["mode"] == "aligned"
             and r["precision"] == "fp32" and (r["world_size"] or 1) == 1 and (r["grad_accum"] or 1) == 1
             and r.get("startup_s") is not None]
     if not rows:
         summary.cells["startup"] = "not measured"
         return
-    row = rows[0]
-    text = numbers.with_ci(row["startup_s"], row.get("startup_s_low"), row.get("startup_s_high"), "s")
-    summary.cells["startup"] = link(text, ANCHOR["overhead"])
+    row = next((r for r in rows if r["task_key"] in PREFERRED_TASKS), rows[0])
+    text = numbers.with_ci(row["startup_s"], row.get("startup_s_low"), row.get("startup_s_high"))
+    summary.cells["startup"] = link(numbers.sig(row["startup_s"]), ANCHOR["overhead"])
     extra = ""
-    if summary.adapter != "native" and native_startup is not None:
-        extra = f" ({numbers.signed(row['startup_s'] - native_startup, 's')} against native)"
-    summary.sentences.append(f"Start-up, launch to the first optimizer step on {row['task_key']}: "
-                             f"{link(text, ANCHOR['overhead'])}{extra}.")
+    native = native_startup.get(row["task_key"])
+    if summary.adapter != "native" and native is not None:
+        extra = f", {numbers.signed(row['startup_s'] - native, 's')} vs native"
+    summary.sentences.append(f"Start-up {link(text + ' s', ANCHOR['overhead'])} ({row['task_key']}{extra}).")
 
 
 def _syncs(summary: AdapterSummary, tables: dict[str, Table]) -> None:
@@ -229,15 +229,14 @@ def _syncs(summary: AdapterSummary, tables: dict[str, Table]) -> None:
     if not rows:
         summary.cells["syncs"] = "not measured"
         return
-    parts = [f"{numbers.sig(r['syncs_per_step'])} ({r.get('mode')})" for r in rows]
+    parts = [f"{numbers.sig(r['syncs_per_step'])} {r.get('mode')}" for r in rows]
     summary.cells["syncs"] = link(" · ".join(parts), ANCHOR["syncs"])
     worst = max(rows, key=lambda r: r["syncs_per_step"])
     if worst["syncs_per_step"]:
-        where = f" at {worst['top_site']}" if worst.get("top_site") else ""
-        summary.sentences.append("Host syncs per step (each would stall a GPU): "
-                                 f"{link(' · '.join(parts), ANCHOR['syncs'])}{where}.")
+        where = f", e.g. {worst['top_site']}" if worst.get("top_site") else ""
+        summary.sentences.append(f"Host syncs per step {link(' · '.join(parts), ANCHOR['syncs'])}{where}.")
     else:
-        summary.sentences.append(f"It forces no host sync per step ({link('host syncs', ANCHOR['syncs'])}).")
+        summary.sentences.append(f"No host sync per step ({link('syncs', ANCHOR['syncs'])}).")
 
 
 def _infers(summary: AdapterSummary, tables: dict[str, Table]) -> None:
@@ -249,15 +248,15 @@ def _infers(summary: AdapterSummary, tables: dict[str, Table]) -> None:
     row = rows[-1]
     classes = row["num_classes"].split(":", 1)[0]
     summary.cells["infers"] = link(f"num_classes {classes}", ANCHOR["inference"])
-    summary.sentences.append(f"Through {row['entry_point'].split('(')[0]} the user states by hand: "
-                             f"{row['stated_by_hand']} ({link('what it infers', ANCHOR['inference'])}).")
+    evidence = link("what it infers", ANCHOR["inference"])
+    summary.sentences.append(f"Its user states {row['stated_by_hand']} ({evidence}).")
 
 
 def summaries(frame, tables: dict[str, Table]) -> list[AdapterSummary]:
     parity_rows = tables["parity"].rows
-    natives = [r for r in tables["overhead"].rows if r["adapter"] == "native" and r["precision"] == "fp32"
-               and (r["world_size"] or 1) == 1 and (r["grad_accum"] or 1) == 1 and r.get("startup_s") is not None]
-    native_startup = natives[0]["startup_s"] if natives else None
+    native_startup = {r["task_key"]: r["startup_s"] for r in tables["overhead"].rows
+                      if r["adapter"] == "native" and r["precision"] == "fp32" and (r["world_size"] or 1) == 1
+                      and (r["grad_accum"] or 1) == 1 and r.get("startup_s") is not None}
     out = []
     for adapter, label, style in _adapters(frame):
         summary = AdapterSummary(adapter=adapter, label=label, style=style)
@@ -270,33 +269,31 @@ def summaries(frame, tables: dict[str, Table]) -> list[AdapterSummary]:
         summary.cells["findings"] = (link(f"{len(summary.findings)} contradicted", ANCHOR["parity"])
                                      if summary.findings else "none")
         if summary.findings:
-            summary.sentences.append("Declared verdicts the measurements contradict: " + "; ".join(summary.findings)
-                                     + ".")
+            summary.sentences.append("**Declared verdicts contradicted**: " + "; ".join(summary.findings) + ".")
         out.append(summary)
     return out
 
 
 SCOREBOARD_COLUMNS = [
-    Column("label", "adapter (library version)", numeric=False),
-    Column("style", "style", numeric=False),
-    Column("fp32", "parity: aligned fp32", numeric=False, markup=True),
-    Column("bf16", "parity: bf16-mixed", numeric=False, markup=True),
-    Column("fp16", "parity: fp16-mixed", numeric=False, markup=True),
-    Column("ddp", "parity: DDP", numeric=False, markup=True),
-    Column("accumulation", "parity: accumulation", numeric=False, markup=True),
+    Column("label", "adapter", numeric=False),
+    Column("fp32", "parity fp32", numeric=False, markup=True),
+    Column("bf16", "parity bf16", numeric=False, markup=True),
+    Column("fp16", "parity fp16", numeric=False, markup=True),
+    Column("ddp", "parity DDP", numeric=False, markup=True),
+    Column("accumulation", "parity accum.", numeric=False, markup=True),
     Column("overhead", "overhead µs/step (95% CI)", numeric=False, markup=True),
-    Column("defaults", "defaults cost µs/step (95% CI)", numeric=False, markup=True),
-    Column("startup", "start-up s (95% CI)", numeric=False, markup=True),
+    Column("defaults", "defaults extra µs/step", numeric=False, markup=True),
+    Column("startup", "start-up s", numeric=True, markup=True),
     Column("syncs", "host syncs/step", numeric=False, markup=True),
     Column("infers", "infers", numeric=False, markup=True),
-    Column("findings", "contradicted declarations", numeric=False, markup=True),
+    Column("findings", "contradicted", numeric=False, markup=True),
 ]
 
 
 def scoreboard(summaries_: list[AdapterSummary]) -> Table:
     rows = [{"label": s.label, "style": s.style or "–", "adapter": s.adapter, **s.cells} for s in summaries_]
     columns = [c for c in SCOREBOARD_COLUMNS
-               if c.key in ("label", "style") or any(r.get(c.key) not in (None, "not run", "–", "not measured")
+               if c.key == "label" or any(r.get(c.key) not in (None, "not run", "–", "not measured")
                                                       for r in rows)]
     note = ("One row per adapter and library version; each cell is the short form of a detailed table below (follow "
             "its link). Parity counts the adapter's aligned runs by verdict against the native run with the same "

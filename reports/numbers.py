@@ -68,6 +68,18 @@ def signed_ci(value: Any, low: Any, high: Any, unit: str = "") -> str:
     return main
 
 
+def compact_ci(value: Any, low: Any, high: Any) -> str:
+    """A signed difference for a table cell whose header carries the unit: ``+561 (362–769)``,
+    ``+759 (−2080 to +1380)`` when the interval crosses zero."""
+    if not _finite(value):
+        return MISSING
+    if not (_finite(low) and _finite(high)):
+        return signed(value)
+    if low > 0:
+        return f"{signed(value)} ({sig(low)}–{sig(high)})"
+    return f"{signed(value)} ({signed(low)} to {signed(high)})"
+
+
 def p_value(p: Any) -> str:
     if not _finite(p):
         return MISSING

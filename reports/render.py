@@ -309,6 +309,7 @@ td{max-width:28rem}tr.failed td{background:#fdecea}tr.unsupported td{color:#777}
 code{background:#f4f4f4;padding:0 .15rem;border-radius:2px}pre{background:#f6f6f6;padding:.5rem;overflow-x:auto}
 img{max-width:100%;border:1px solid #eee;margin:.3rem 0}figure{margin:.4rem 0}figcaption{font-size:12px;color:#555}
 details summary{cursor:pointer;color:#245;margin:.2rem 0}a{color:#1a5fb4}
+#scoreboard td,#scoreboard th{white-space:nowrap}
 """
 
 # Inline (the page stays self-contained): records on <body> how many images decoded and how many
@@ -333,7 +334,7 @@ def _html_table(table, *, collapse: bool) -> list[str]:
         for column in table.columns:
             value = _cell(table, row, column)
             text = inline_html(value) if getattr(column, "markup", False) else html.escape(value)
-            cells.append(f'<td class="{"num" if column.numeric else ""}">{text}</td>')
+            cells.append(f'<td class="num">{text}</td>' if column.numeric else f"<td>{text}</td>")
         parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table></div>")
     if collapse and len(table.rows) > COLLAPSE_ROWS:
