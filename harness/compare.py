@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.cells import Cell
 from harness.durations import measured_steps_us as steps_after_warmup
-from harness.result import ResultError, read_result
+from harness.result import ResultError, atomic_write_text, read_result
 from harness.stats import mann_whitney, ratio_ci
 
 DEFAULT_THRESHOLD = 0.10
@@ -163,6 +163,4 @@ def format_table(comparison: dict[str, Any]) -> str:
 
 
 def write_json(comparison: dict[str, Any], path: Path) -> None:
-    from harness.result import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(comparison, indent=1) + "\n")

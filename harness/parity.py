@@ -342,13 +342,13 @@ BatchInvariance = Callable[[str], bool]
 
 
 def task_tolerance(task: str, precision: str):
-    from harness.registry import get_task
+    from harness.registry import get_task  # the registry imports the task modules (torch): only when judging
 
     return get_task(task).tolerances[precision]
 
 
 def task_batch_invariant(task: str) -> bool:
-    from harness.registry import get_task
+    from harness.registry import get_task  # as above
 
     return bool(get_task(task).batch_invariant)
 

@@ -307,7 +307,7 @@ def weights_path(results_dir: Path, spec: Spec) -> Path:
 
 def weights_digest(state_dict: Mapping[str, Any]) -> str:
     """SHA-256 over every tensor of a state_dict in sorted key order (name, dtype, shape, bytes)."""
-    from tasks.base import hash_tensor_bytes
+    from tasks.base import hash_tensor_bytes  # torch, needed only by whoever digests weights
 
     hasher = hashlib.sha256()
     for key in sorted(state_dict):
@@ -321,6 +321,6 @@ def weights_digest(state_dict: Mapping[str, Any]) -> str:
 
 def load_weights(path: Path) -> dict[str, Any]:
     """Final weights saved next to a result; tensors only, never code (weights_only=True)."""
-    import torch
+    import torch  # readers of result files need no torch; loading weights does
 
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ workers never import mlflow, so tracking costs nothing inside the timed loop.
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.error
 import urllib.request
@@ -155,8 +156,6 @@ def view_state() -> dict[str, Any]:
 
 def set_view(mlflow_client, experiment_id: str, now_ms: int) -> None:
     """Write bakeoff's saved view onto the experiment (MLflow 3 reads shared views from experiment tags)."""
-    import json
-
     experiment = mlflow_client.get_experiment(experiment_id)
     key = f"mlflow.sharedViewState.{VIEW_KEY}"
     state = json.dumps(view_state(), sort_keys=True)

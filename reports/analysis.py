@@ -24,6 +24,7 @@ from harness import stats
 from harness.cells import Cell
 from harness.durations import after_warmup
 from harness.parity import DECLARED, REPEAT, SINGLE_PROCESS, VERDICTS, Parity, Verdict
+from reports.inference import inference_table as rows_of
 from reports.source import RunRecord
 
 LOW_PRECISIONS = ("bf16-mixed", "fp16-mixed", "bf16", "fp16")
@@ -272,7 +273,7 @@ def overhead_table(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict
 
 def flops_per_step(row: dict[str, Any], tasks: dict[str, Any]) -> float | None:
     """FLOPs of one optimizer step on one process of a ``scaling`` run (6 × weights × samples)."""
-    from tasks.scaling import flops_per_sample
+    from tasks.scaling import flops_per_sample  # tasks import torch; the report needs it only here
 
     options = dict(tasks.get("scaling", {}).get("options", {}))
     for part in filter(None, str(row["options"] or "").split(",")):
@@ -604,8 +605,6 @@ INFERENCE_LIBRARIES = {"fastai": "fastai", "keras": "keras", "hf": "transformers
 
 def inference_table(frame: pd.DataFrame) -> Table:
     """What each compared high-level API infers from the data and what its user states by hand."""
-    from reports.inference import inference_table as rows_of
-
     present = {str(a).partition("@")[0] for a in frame["adapter"].dropna()} if "adapter" in frame else set()
     libraries = {INFERENCE_LIBRARIES[a] for a in present if a in INFERENCE_LIBRARIES}
     rows = [{**row, "stated_by_hand": ", ".join(row["stated_by_hand"]), "library": f"{row['library']} {row['version']}"}

@@ -26,7 +26,8 @@ import pandas as pd
 from harness.environment import REPO_ROOT
 from harness.stats import BOOTSTRAP_SAMPLES
 from harness.store import store_kind
-from reports import analysis, plots, render, tables
+from reports import analysis, findings, plots, render, tables
+from reports import claims as ledger
 from reports.source import RunRecord, Selection, load_runs
 
 RAW_SCHEMA = "bakeoff.report-raw/2"
@@ -377,9 +378,6 @@ def assemble(
     with_figures: bool = True,
 ) -> Report:
     """The whole report from run records: a pure function of its inputs (bootstraps are seeded)."""
-    from reports import claims as ledger
-    from reports import findings
-
     frame = tables.runs_table(run_records)
     tasks = task_declarations([str(t) for t in frame["task"].dropna()]) if tasks is None else tasks
     claims = ledger.load() if claims is None else claims

@@ -33,6 +33,7 @@ from typing import Any
 
 from reports import numbers
 from reports.analysis import Column, Table
+from reports.findings import ANCHOR, link
 
 LEDGER = Path(__file__).with_name("claims.toml")
 SUPPORTED, CONTRADICTED, UNDECIDED = "supported", "contradicted", "not decidable here"
@@ -92,8 +93,6 @@ def _matches(row: Mapping[str, Any], selector: Mapping[str, Any]) -> bool:
 
 
 def _link(text: str, key: str) -> str:
-    from reports.findings import ANCHOR, link
-
     return link(text, ANCHOR[key])
 
 

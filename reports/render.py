@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from reports import numbers
+from reports.analysis import Column
 from reports.findings import ANCHOR, TITLES
 
 # (column, heading) of the every-run table in Markdown and HTML; the CSV holds every column.
@@ -203,8 +204,6 @@ class EveryRun:
     """The every-run table in the shape the section renderer expects."""
 
     def __init__(self, report) -> None:
-        from reports.analysis import Column
-
         self.name = "runs"
         self.columns = [Column(key, heading, numeric=key in NUMERIC_DISPLAY) for key, heading in DISPLAY]
         self.rows = display_rows(report.frame)

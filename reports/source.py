@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import parity
 from harness.ingest import INVOCATION_ARTIFACT
 from harness.payload import KIND_INVOCATION, KIND_RESULT, STEP_METRICS, TAG, Payload, payload_of
+from harness.result import Result
 from harness.store import client, experiment_name, newest_per_spec, search_kind
 
 
@@ -150,9 +152,6 @@ def records_from_results(results: list, results_dir: Path | None = None) -> list
     Verdicts come from the same parity stage a logging pass runs; run ids are derived from the spec
     id and the result digest (MLflow's own ids are random), start times from the results.
     """
-    from harness import parity
-    from harness.result import Result
-
     typed = [r if isinstance(r, Result) else Result.from_dict(r) for r in results]
     verdicts = parity.stage(typed, typed, weights=parity.weights_from([Path(results_dir or ".")]))
     records = []

@@ -41,7 +41,7 @@ def test_bakeoff_ui_prints_a_link_per_suite_to_its_run_table(logged_store, capsy
 @pytest.mark.skipif(browser.chromium() is None, reason="needs Debian's chromium (make test-deps installs it)")
 @pytest.mark.timeout(300)
 def test_the_link_shows_adapter_mode_precision_parity_and_step_time_without_picking_columns(logged_store, tmp_path):
-    uri, root, results = logged_store
+    uri, root, _results = logged_store
     experiment = store.client(uri).get_experiment_by_name("bakeoff-ui")
     with running_mlflow_server(uri, root) as base, browser.open_page(1400, 900) as page:
         # A first-time visitor: the UI would open on its GenAI page and pop its assistant panel open;

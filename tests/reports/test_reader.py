@@ -86,7 +86,7 @@ def test_numbers_have_three_significant_figures_and_cis_read_as_ranges():
 
 
 def test_long_tables_fold_away_and_markup_renders(many_adapters):
-    folder, report = many_adapters
+    folder, _report = many_adapters
     html = (folder / "report.html").read_text()
     markdown = (folder / "report.md").read_text()
     assert "<details><summary>" in html and "<details><summary>" in markdown
@@ -107,7 +107,7 @@ def test_no_published_file_names_a_path_of_the_machine_that_built_it():
 
 
 def test_a_report_built_here_names_its_store_by_kind_and_experiment_only(many_adapters):
-    folder, report = many_adapters
+    folder, _report = many_adapters
     for name in ("report.md", "report.html", "report.json", "raw.json"):
         text = (folder / name).read_text()
         assert str(REPO_ROOT) not in text and "sqlite:///" not in text, name
