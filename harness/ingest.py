@@ -217,20 +217,48 @@ def _log_pass(
             stored_runs.append((run, result.spec_id))
     stored_runs += [(run, spec_id) for spec_id, (run, _) in theirs.items()]
     secrets = secret_values()
-    for run, spec_id in stored_runs:
-        verdict = verdicts.get(spec_id)
-        if verdict is not None and _should_update(run.data.tags, verdict):
-            set_parity(mlflow_client, run, verdict, secrets)
-            report.parity_updated += 1
+    _update_parity(mlflow_client, stored_runs, verdicts, report, secrets)
     if pending:
         _log_invocation(mlflow_client, experiment_id, results, pending, report, suite=suite, command=command,
                         results_dir=results_dir, secrets=secrets, progress=progress)
+        _pair_again(mlflow_client, experiment_id, results, set(theirs), report,
+                    results_dir=results_dir, secrets=secrets)
     complete = set(known) | {(r.spec_id, r.digest) for r in results if r.spec_id in report.logged}
     for run in incomplete:
         if run_key(run) in complete:
             mlflow_client.delete_run(run.info.run_id)
             report.deleted_incomplete += 1
     return report
+
+
+def _update_parity(mlflow_client, runs: Sequence[tuple[Any, str]], verdicts: Mapping[str, parity.Parity],
+                   report: LogReport, secrets: list[str]) -> None:
+    for run, spec_id in runs:
+        verdict = verdicts.get(spec_id)
+        if verdict is not None and _should_update(run.data.tags, verdict):
+            set_parity(mlflow_client, run, verdict, secrets)
+            report.parity_updated += 1
+
+
+def _pair_again(mlflow_client, experiment_id: str, results: list[Result], seen: set[str], report: LogReport, *,
+                results_dir: Path, secrets: list[str]) -> None:
+    """Pair once more after our runs are written, with partners that reached the store meanwhile.
+
+    Two shards logging at the same moment each miss the other's runs on the first look. Whichever
+    finishes writing second sees the first's runs here (each looks only after its own writes), so
+    every cross-shard pair gets its verdict without a lock shared between machines.
+    """
+    known = existing_results(mlflow_client, experiment_id)
+    partners = partner_runs(results, known.values())
+    if all(run.data.tags.get(TAG + "spec_id") in seen for run in partners):
+        return
+    theirs = stored_results(mlflow_client, partners)
+    pool = [*results, *(result for _, result in theirs.values())]
+    verdicts = parity.stage(pool, pool, weights=parity.weights_from([results_dir]))
+    ours = [(known[(r.spec_id, r.digest)], r.spec_id) for r in results if (r.spec_id, r.digest) in known]
+    _update_parity(mlflow_client, [*ours, *((run, spec_id) for spec_id, (run, _) in theirs.items())],
+                   verdicts, report, secrets)
+    report.verdicts.update(verdicts)
 
 
 def _should_update(tags: Mapping[str, str], new: parity.Parity) -> bool:
