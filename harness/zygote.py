@@ -298,6 +298,8 @@ class Zygote:
         )
         self._channel = _Lines(self.process.stdout.fileno(), self.process.stdin.fileno())
         self.cwd = cwd
+        self.running: int | None = None
+        """The PID of the worker it forked and has not yet reported the end of."""
         ready = self._reply(START_TIMEOUT_S)
         if "ready" not in ready:
             self.close()
@@ -369,7 +371,8 @@ class Zygote:
             raise ZygoteError(f"the zygote did not fork within {REPLY_TIMEOUT_S:g} s") from None
         if "refused" in reply:
             raise ZygoteError(f"the zygote refused to fork: {reply['refused']}")
-        return int(reply["started"])
+        self.running = int(reply["started"])
+        return self.running
 
     def wait(self, pid: int, timeout_s: float | None) -> int | None:
         """The worker's exit code (negative: the signal that killed it), or None if ``timeout_s`` passed first."""
@@ -379,14 +382,20 @@ class Zygote:
             return None
         if reply.get("exited") != pid:
             raise ZygoteError(f"the zygote answered {reply} while worker {pid} ran")
+        self.running = None
         return int(reply["returncode"])
 
     def close(self) -> None:
-        """End the zygote: end-of-file on its requests, then signals if it lingers."""
+        """End the zygote: end-of-file on its requests, then signals if it lingers.
+
+        A worker still running (the runner was interrupted) goes with it: it dies with its zygote.
+        """
         for stream in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
         try:
+            if self.running is not None:
+                self.process.kill()
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
