@@ -168,7 +168,7 @@ def _run_forked(
     try:
         pid = forker.launch(argv_for(launch_wall_ns), output=str(output))
     except zygote.ZygoteError as error:
-        pool.failed(forker, str(error))
+        pool.failed(python, str(error))
         return None
     try:
         code = forker.wait(pid, timeout_s)
@@ -180,13 +180,13 @@ def _run_forked(
             code = forker.wait(pid, 5)
     except zygote.ZygoteError as error:
         _signal_group(pid, signal.SIGKILL)  # its zygote is gone, so it is going too: make sure
-        pool.failed(forker, f"{error} while a worker ran")
+        pool.failed(python, f"{error} while a worker ran")
         return None
     if code is None:  # the zygote never reported the SIGKILLed worker's end: do not reuse it
-        pool.failed(forker, "the zygote did not report a killed worker's exit")
+        pool.failed(python, "the zygote did not report a killed worker's exit")
         code = -signal.SIGKILL
     else:
-        pool.succeeded()
+        pool.succeeded(python)
     _signal_group(pid, signal.SIGTERM)  # anything the finished worker left behind in its group
     return launch_wall_ns, code, timed_out
 

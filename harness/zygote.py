@@ -404,65 +404,74 @@ class Zygote:
 
 
 class ZygotePool:
-    """The runner's zygotes, one per interpreter and environment, for the length of a suite.
+    """The runner's zygotes, one per interpreter (so one per environment), for the length of a suite.
 
     A zygote is started on first use and replaced when the environment the runner would give a
     worker changes. When one fails to start, dies or refuses to fork, the pool says so in one line
-    (``log``) and the spec runs in a fresh process; after ``MAX_FAILURES`` failures in a row it
-    stops trying and every later spec runs in a fresh process.
+    (``log``) and the spec runs in a fresh process; after ``MAX_FAILURES`` failures in a row for
+    one interpreter it stops trying there, and that interpreter's later specs run fresh.
     """
 
     def __init__(self, *, label: str = "", log=None) -> None:
         self.label = label
         self.log = log or (lambda line: print(f"bakeoff: {line}", file=sys.stderr, flush=True))
         self._zygotes: dict[str, Zygote] = {}
-        self.failures = 0
-        self.disabled: str | None = None
+        self._failures: dict[str, int] = {}
+        self.disabled: dict[str, str] = {}
+        """Interpreter → why it no longer gets a zygote."""
         self.started = 0
 
     def get(self, python: str, env: dict[str, str], *, cwd: str) -> Zygote | None:
         """The zygote for this interpreter and environment (started now if needed), or None: run fresh."""
-        if self.disabled:
+        if python in self.disabled:
             return None
         current = self._zygotes.get(python)
-        if current is not None and current.env == env and current.alive():
-            return current
         if current is not None:
-            if not current.alive():
-                self.failed(current, f"the zygote exited ({current._exit_text()})")
-            current.close()
-            del self._zygotes[python]
-            if self.disabled:
-                return None
+            if current.alive() and current.env == env:
+                return current
+            if current.alive():  # the environment changed: not a failure, a new zygote for it
+                self._drop(python)
+            else:
+                self.failed(python, f"the zygote exited ({current._exit_text()})", replaced_now=True)
+                if python in self.disabled:
+                    return None
         try:
             zygote = Zygote(python, env, cwd=cwd, label=self.label)
         except (ZygoteError, OSError) as error:
-            self.failed(None, f"could not start a zygote ({error})")
+            self.failed(python, f"could not start a zygote ({error})")
             return None
         self.started += 1
         self._zygotes[python] = zygote
         return zygote
 
-    def failed(self, zygote: Zygote | None, reason: str) -> None:
-        """Record a failure: the zygote is dropped; the spec at hand runs in a fresh process."""
-        self.failures += 1
+    def _drop(self, python: str) -> None:
+        zygote = self._zygotes.pop(python, None)
         if zygote is not None:
-            self._zygotes = {k: z for k, z in self._zygotes.items() if z is not zygote}
             zygote.close()
-        if self.failures >= MAX_FAILURES:
-            self.disabled = reason
-            self.log(f"zygote: {reason}; {self.failures} failures, so the rest of the suite runs in fresh processes")
-            self.close()
-        else:
-            self.log(f"zygote: {reason}; this spec runs in a fresh process, the next gets a new zygote")
 
-    def succeeded(self) -> None:
-        self.failures = 0
+    def failed(self, python: str, reason: str, *, replaced_now: bool = False) -> None:
+        """Record a failure: the zygote is dropped; the spec at hand runs in a fresh process, or
+        (``replaced_now``: it died between specs) gets a new zygote."""
+        self._drop(python)
+        self._failures[python] = self._failures.get(python, 0) + 1
+        where = "" if python == sys.executable else f" ({python})"
+        if self._failures[python] >= MAX_FAILURES:
+            self.disabled[python] = reason
+            self.log(
+                f"zygote{where}: {reason}; {self._failures[python]} failures in a row, so the rest of the suite "
+                "runs in fresh processes"
+            )
+        elif replaced_now:
+            self.log(f"zygote{where}: {reason} between specs; a new zygote takes over")
+        else:
+            self.log(f"zygote{where}: {reason}; this spec runs in a fresh process, the next gets a new zygote")
+
+    def succeeded(self, python: str) -> None:
+        self._failures.pop(python, None)
 
     def close(self) -> None:
-        for zygote in self._zygotes.values():
-            zygote.close()
-        self._zygotes = {}
+        for python in list(self._zygotes):
+            self._drop(python)
 
     def __enter__(self) -> ZygotePool:
         return self
