@@ -41,12 +41,18 @@ class SuiteProgress:
     """Tracks a suite's run and words its progress; ``done_before`` are spec ids with a result already."""
 
     def __init__(
-        self, specs: Iterable[Spec], done_before: Iterable[str] = (), *, clock: Callable[[], float] = time.monotonic
+        self,
+        specs: Iterable[Spec],
+        done_before: Iterable[str] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
         self.specs = list(specs)
         self.done_before = set(done_before)
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
+        """When the user's wait began (``clock`` time): the elapsed time counts from here."""
         self._reported: set[str] = set()
         self._seconds: dict[tuple[str, str], list[float]] = {}
 
