@@ -40,61 +40,64 @@ def run_bench(suite: str, device: str, folder: Path, *, zygote: bool) -> float:
     return seconds
 
 
-def load(folder: Path) -> dict[str, dict[str, Any]]:
-    from harness.tracking import read_result_dir
+def load(folder: Path) -> dict[str, Any]:
+    """spec_id → Result of every valid result file in ``folder``."""
+    from harness.ingest import read_result_dir
 
     results, problems = read_result_dir(folder)
     for problem in problems:
         print(f"warning: {folder}: {problem}")
-    return {r["spec_id"]: r for r in results}
+    return {r.spec_id: r for r in results}
 
 
-def fingerprint(result: dict[str, Any], verdict: Any) -> dict[str, Any]:
-    summary, trajectory = result.get("summary", {}), result.get("trajectory", {})
+def verdicts(folder: Path) -> dict[str, Any]:
+    """spec_id → parity (every partner's verdict) computed from the folder alone, weights included."""
+    from harness import parity
+
+    pool = list(load(folder).values())
+    return parity.stage(pool, pool, weights=parity.weights_from([folder]))
+
+
+def fingerprint(result: Any, verdict: Any) -> dict[str, Any]:
+    summary, trajectory = result.summary, result.trajectory
     return {
-        "status": result["status"],
-        "error": result.get("error") if result["status"] == "unsupported" else None,
-        "weights_digest": result.get("weights_digest"),
+        "status": result.status,
+        "error": result.error if result.status == "unsupported" else None,
+        "weights_digest": result.weights_digest,
         "losses": trajectory.get("losses"),
         "evals": [{k: v for k, v in e.items() if k != "eval_s"} for e in trajectory.get("evals", [])],
         "eval_loss": summary.get("eval_loss"),
         "eval_metric": summary.get("eval_metric"),
-        "data_digest": result.get("task", {}).get("data_digest"),
-        "parity": None if verdict is None else {k: v for k, v in verdict.to_dict().items()},
+        "data_digest": result.task.get("data_digest"),
+        "parity": None if verdict is None else verdict.to_json(),
     }
 
 
 def compare(zygote_dir: Path, fresh_dir: Path) -> tuple[int, list[str]]:
-    from harness.spec import Spec
-    from harness.tracking import parity_verdicts
-
     forked, fresh = load(zygote_dir), load(fresh_dir)
-    verdicts = {
-        "zygote": parity_verdicts(list(forked.values()), zygote_dir),
-        "fresh": parity_verdicts(list(fresh.values()), fresh_dir),
-    }
+    judged = {"zygote": verdicts(zygote_dir), "fresh": verdicts(fresh_dir)}
     differences = []
     for spec_id in sorted(set(forked) | set(fresh)):
         if spec_id not in forked or spec_id not in fresh:
             differences.append(f"{spec_id}: only in {'fresh' if spec_id in fresh else 'zygote'}")
             continue
-        a = fingerprint(forked[spec_id], verdicts["zygote"].get(spec_id))
-        b = fingerprint(fresh[spec_id], verdicts["fresh"].get(spec_id))
+        a = fingerprint(forked[spec_id], judged["zygote"].get(spec_id))
+        b = fingerprint(fresh[spec_id], judged["fresh"].get(spec_id))
         for key in a:
             if a[key] != b[key]:
-                label = Spec.from_dict(forked[spec_id]["spec"]).label
+                label = forked[spec_id].spec.label
                 differences.append(f"{spec_id} {label}: {key} differs: zygote {a[key]!r:.200} / fresh {b[key]!r:.200}")
     return len(set(forked) & set(fresh)), differences
 
 
 def startup_figures(folder: Path) -> str:
-    results = [r for r in load(folder).values() if r["status"] == "ok"]
+    results = [r for r in load(folder).values() if r.status == "ok"]
     parts = []
     for key in ("launch_s", "library_startup_s", "startup_s", "wall_s"):
-        values = [r["summary"][key] for r in results if key in r.get("summary", {})]
+        values = [r.summary[key] for r in results if key in r.summary]
         if values:
             parts.append(f"{key} median {statistics.median(values):.2f} (n={len(values)}, sum {sum(values):.0f})")
-    launches = sorted({r.get("timing", {}).get("launch", "?") for r in results})
+    launches = sorted({r.extra.get("timing", {}).get("launch", "?") for r in results})
     return f"launch {'/'.join(launches)}; " + "; ".join(parts)
 
 
