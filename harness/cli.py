@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by spec id; e.g. 1/2 and 2/2)")
     _add_run_options(bench, default_dir=None)
     _add_tracking_option(bench)
+    bench.add_argument("--no-zygote", action="store_true",
+                       help="start every worker as a fresh interpreter instead of forking it from a preloaded "
+                            "zygote (same results, slower; also BAKEOFF_ZYGOTE=0)")
     bench.add_argument("--no-tracking", action="store_true",
                        help="keep results on disk only: no MLflow, no report (log them later with `bakeoff ingest`)")
     bench.epilog = ("exit status: 0 all specs ran; 1 a spec failed, or the tracking store failed after the suite "
@@ -267,14 +270,24 @@ class BenchOutcome:
     suite: Any = None
     results: list[dict[str, Any]] = field(default_factory=list)
     results_dir: Path | None = None
+    summary: Any = None
+    """``() -> str``: the suite's closing line, its time taken when it is called."""
 
 
 def run_bench(args: argparse.Namespace) -> BenchOutcome:
-    """Expand and run the suite (or list it with --dry-run); no tracking."""
+    """Expand and run the suite (or list it with --dry-run); no tracking.
+
+    Prints each spec's progress line and returns the closing line unprinted (``outcome.summary``):
+    the caller prints it last, after logging and the report.
+    """
+    from dataclasses import replace
+
+    from harness import progress as bench_progress
     from harness.plan import check_spec, unsupported_reason
-    from harness.runner import run_suite
+    from harness.runner import existing_result, run_suite
     from harness.suites import get_suite, load_suite_file
 
+    started = time.monotonic()  # the user's wait starts here, before the suite's checks import the libraries
     device = _device(args.device)
     suite = load_suite_file(args.suite_file, device) if args.suite_file else get_suite(args.suite, device)
     for spec in suite.specs:
@@ -288,13 +301,16 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         suite = _replace(suite, specs=shard(suite.specs, index, count))
     results_dir = args.results_dir or DEFAULT_RESULTS / suite.name
     options = _run_options(args, results_dir, warmup=suite.warmup, eval_every=suite.eval_every)
+    if args.no_zygote or suite.fresh_processes:
+        options = replace(options, zygote=False)
     if args.dry_run:
         for spec in suite.specs:
             print(f"{spec.spec_id}  {spec.label}")
         print(f"{len(suite.specs)} specs in suite {suite.name!r}")
         return BenchOutcome(EXIT_OK, suite)
     _check_writable_folder(results_dir, "--results-dir")
-    print(f"suite {suite.name}: {len(suite.specs)} specs on {device}, results in {results_dir}", flush=True)
+    launch = bench_progress.launch_text(options.zygote)
+    print(f"suite {suite.name}: {len(suite.specs)} specs on {device}, results in {results_dir}; {launch}", flush=True)
     runnable, results = [], {}
     for spec in suite.specs:
         reason = unsupported_reason(spec)
@@ -302,25 +318,34 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
             results[spec.spec_id] = unsupported_result(spec, reason, results_dir)
         else:
             runnable.append(spec)
-    started = time.perf_counter()
+    done_before = []
+    for spec in runnable:
+        done = existing_result(spec, results_dir)
+        if done is not None and not (options.retry_failed and done["status"] == "failed"):
+            done_before.append(spec.spec_id)
+    tracker = bench_progress.SuiteProgress(runnable, done_before, started=started)
+    if tracker.opening_line():
+        print(tracker.opening_line(), flush=True)
 
     def progress(index, total, spec, result, skipped, seconds):
-        state = "done earlier" if skipped else f"{seconds:.1f} s"
-        print(f"[{index}/{total}] {one_line(result)} ({state})", flush=True)
+        print(tracker.line(index, total, one_line(result), spec, skipped, seconds), flush=True)
 
     for result in run_suite(runnable, options, progress=progress):
         results[result["spec_id"]] = result
     counts: dict[str, int] = {}
     for result in results.values():
         counts[result["status"]] = counts.get(result["status"], 0) + 1
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"suite {suite.name}: {summary} in {time.perf_counter() - started:.0f} s; results in {results_dir}")
+    ordered = [results[spec.spec_id] for spec in suite.specs]
+
+    def summary() -> str:
+        return bench_progress.summary_line(suite.name, ordered, tracker.elapsed, launch, results_dir)
+
     for spec in suite.specs:
         result = results[spec.spec_id]
         if result["status"] == "unsupported":
             print(f"  unsupported: {spec.label}: {result['error']}")
     code = EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
-    return BenchOutcome(code, suite, [results[spec.spec_id] for spec in suite.specs], results_dir)
+    return BenchOutcome(code, suite, ordered, results_dir, summary)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -348,7 +373,8 @@ def _check_writable_folder(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: {existing} is not writable")
 
 
-def _write_report(uri: str, selection, out: Path | None = None) -> int:
+def _write_report(uri: str, selection, out: Path | None = None) -> Path:
+    """Build and write the report; returns its folder."""
     from reports.build import build_report, default_out, write_report
     from reports.source import SourceError
 
@@ -365,7 +391,7 @@ def _write_report(uri: str, selection, out: Path | None = None) -> int:
     print(f"report {report.report_id}, runs {report.counts_line}: {folder / 'report.html'}")
     print(f"  also {folder / 'report.md'}, {folder / 'results.csv'}, {folder / 'report.json'}, "
           f"raw data {folder / 'raw.json'}, {folder / 'steps.csv'}")
-    return EXIT_OK
+    return folder
 
 
 def _typed(results: list[dict[str, Any]]) -> list:
@@ -376,8 +402,9 @@ def _typed(results: list[dict[str, Any]]) -> list:
 
 def command_bench(args: argparse.Namespace) -> int:
     """``bench``: check the store, run the suite, log its results to MLflow, write the report."""
+    from harness import progress as bench_progress
     from harness.ingest import log_results
-    from harness.store import TrackingError
+    from harness.store import DEFAULT_TRACKING_URI, TrackingError
 
     tracked = not args.dry_run and not args.no_tracking
     uri = _tracking_uri(args) if tracked else None
@@ -386,12 +413,16 @@ def command_bench(args: argparse.Namespace) -> int:
 
         _check_writable_folder(default_out(), "the report folder ($BAKEOFF_REPORTS_OUT)")
     outcome = run_bench(args)
+    if outcome.summary is None:  # --dry-run
+        return outcome.code
     if not tracked:
+        print(outcome.summary())
         return outcome.code
     try:
         logged = log_results(_typed(outcome.results), results_dir=outcome.results_dir, suite=outcome.suite.name,
                              uri=uri, command="bench")
     except TrackingError as error:
+        print(outcome.summary())
         # One line: the suite ran and its result files are on disk; only the logging is left to do.
         print(f"bakeoff: error: {error}; the results are intact in {outcome.results_dir}: log them later with "
               f"`bakeoff ingest {outcome.results_dir}`", file=sys.stderr)
@@ -403,12 +434,17 @@ def command_bench(args: argparse.Namespace) -> int:
 
     run_ids = tuple(logged.run_ids[result["spec_id"]] for result in outcome.results
                     if result["spec_id"] in logged.run_ids)
+    ui = bench_progress.mlflow_ui_hint(uri, default_uri=DEFAULT_TRACKING_URI, experiment_id=logged.experiment_id)
     try:
-        _write_report(uri, Selection(suite=outcome.suite.name, run_ids=run_ids))
+        folder = _write_report(uri, Selection(suite=outcome.suite.name, run_ids=run_ids))
     except Exception as error:  # the runs are safely in MLflow; only the report is missing
+        print(outcome.summary())
+        print("\n".join(bench_progress.where_lines(None, ui)))
         print(f"bakeoff: error: building the report failed ({type(error).__name__}: {error}); rebuild it with "
               f"`bakeoff report --suite {outcome.suite.name}`", file=sys.stderr)
         return EXIT_FAILED
+    print(outcome.summary())
+    print("\n".join(bench_progress.where_lines(folder / "report.html", ui)))
     return outcome.code
 
 
@@ -454,7 +490,8 @@ def command_report(args: argparse.Namespace) -> int:
         return _verify_report(args.verify)
     uri = _tracking_uri(args)
     suite = None if (args.experiment or args.run_id) else (args.suite or "quick")
-    return _write_report(uri, Selection(suite=suite, experiment=args.experiment, run_id=args.run_id), args.out)
+    _write_report(uri, Selection(suite=suite, experiment=args.experiment, run_id=args.run_id), args.out)
+    return EXIT_OK
 
 
 def _verify_report(folder: Path) -> int:

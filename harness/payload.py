@@ -45,6 +45,8 @@ SUMMARY_METRICS = (
     "wall_s",
     "fit_s",
     "startup_s",
+    "launch_s",
+    "library_startup_s",
     "time_to_first_step_s",
     "steps_completed",
     "warmup_steps",

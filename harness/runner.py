@@ -1,8 +1,11 @@
 """The orchestrator side of a run: one fresh worker process per spec, timeouts, resume.
 
-A spec whose result file exists is skipped, so an interrupted suite resumes where it stopped.
-Whatever happens to a worker (exception, crash, signal, hang), the spec ends with a result
-file and the suite goes on.
+A suite forks its single-process workers from a preloaded zygote (harness.zygote: torch is
+imported once, each spec still gets a process of its own); DDP specs run under torchrun, and
+``RunOptions.zygote = False`` (``bench --no-zygote``, ``BAKEOFF_ZYGOTE=0``) starts every worker as
+a fresh interpreter. A spec whose result file exists is skipped, so an interrupted suite resumes
+where it stopped. Whatever happens to a worker (exception, crash, signal, hang), the spec ends
+with a result file and the suite goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import envs, locks
+from harness import envs, locks, zygote
 from harness.environment import REPO_ROOT
 from harness.process import ORCHESTRATOR_ENV, die_with_parent, orchestrator_token
 from harness.result import ResultError, base_result, read_result, result_path, write_result
@@ -49,12 +52,13 @@ class RunOptions:
     """Machines the job spans; > 1 launches torchrun with a c10d rendezvous at ``rdzv_endpoint``.
     Every node runs the same command; the node that holds global rank 0 writes the result."""
     rdzv_endpoint: str | None = None
+    zygote: bool = dataclasses.field(default_factory=lambda: os.environ.get("BAKEOFF_ZYGOTE", "1") != "0")
+    """Fork single-process workers from a preloaded zygote in ``run_suite`` (default; env BAKEOFF_ZYGOTE=0: off)."""
 
 
-def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall_ns: int) -> list[str]:
-    worker_args = [
-        "-m",
-        "harness.worker",
+def worker_arguments(spec_file: Path, options: RunOptions, launch_wall_ns: int) -> list[str]:
+    """``harness.worker``'s own arguments (what follows ``python -m harness.worker``)."""
+    arguments = [
         "--spec",
         str(spec_file),
         "--results-dir",
@@ -65,9 +69,14 @@ def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall
         str(options.warmup),
     ]
     if options.eval_every:
-        worker_args += ["--eval-every", str(options.eval_every)]
+        arguments += ["--eval-every", str(options.eval_every)]
     if options.save_weights:
-        worker_args.append("--save-weights")
+        arguments.append("--save-weights")
+    return arguments
+
+
+def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall_ns: int) -> list[str]:
+    worker_args = ["-m", "harness.worker", *worker_arguments(spec_file, options, launch_wall_ns)]
     if options.nnodes > 1:
         if spec.world_size % options.nnodes:
             raise ValueError(f"world size {spec.world_size} does not split over {options.nnodes} nodes")
@@ -122,8 +131,77 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
-    """Run one spec in a fresh process and return its result (also on disk)."""
+def forkable(spec: Spec, options: RunOptions) -> bool:
+    """Whether the spec's worker may be forked from a zygote: one process on this node (DDP keeps torchrun)."""
+    return spec.world_size == 1 and options.nnodes == 1
+
+
+def _run_fresh(command: list[str], stderr, timeout_s: float) -> tuple[int | None, bool]:
+    """Start the worker as a new interpreter; returns (exit code, timed out)."""
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=_worker_env(),
+        stdout=stderr,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so a timeout kills every rank
+        preexec_fn=functools.partial(die_with_parent, os.getpid()),
+    )
+    timed_out = False
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    _kill_group(process)  # also reaps anything a finished worker left behind
+    return process.returncode, timed_out
+
+
+def _run_forked(
+    pool: zygote.ZygotePool, python: str, argv_for, output: Path, timeout_s: float
+) -> tuple[int, int | None, bool] | None:
+    """Fork the worker from the pool's zygote: (launch time, exit code, timed out), or None when no
+    zygote can serve (the caller then runs the spec in a fresh process)."""
+    forker = pool.get(python, _worker_env(), cwd=str(REPO_ROOT))
+    if forker is None:
+        return None
+    launch_wall_ns = time.time_ns()
+    try:
+        pid = forker.launch(argv_for(launch_wall_ns), output=str(output))
+    except zygote.ZygoteError as error:
+        pool.failed(python, str(error))
+        return None
+    try:
+        code = forker.wait(pid, timeout_s)
+        timed_out = code is None
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # as _kill_group: the worker's whole process group
+            if code is not None:
+                break
+            _signal_group(pid, sig)
+            code = forker.wait(pid, 5)
+    except zygote.ZygoteError as error:
+        _signal_group(pid, signal.SIGKILL)  # its zygote is gone, so it is going too: make sure
+        pool.failed(python, f"{error} while a worker ran")
+        return None
+    if code is None:  # the zygote never reported the SIGKILLed worker's end: do not reuse it
+        pool.failed(python, "the zygote did not report a killed worker's exit")
+        code = -signal.SIGKILL
+    else:
+        pool.succeeded(python)
+    _signal_group(pid, signal.SIGTERM)  # anything the finished worker left behind in its group
+    return launch_wall_ns, code, timed_out
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def run_spec(spec: Spec, options: RunOptions, zygotes: zygote.ZygotePool | None = None) -> dict[str, Any]:
+    """Run one spec in a process of its own and return its result (also on disk).
+
+    With ``zygotes`` (a suite's pool) a single-process spec is forked from the zygote for its
+    interpreter; otherwise, or when no zygote can serve, it starts a fresh interpreter.
+    """
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = result_path(options.results_dir, spec)
     try:  # an adapter that declares its own environment runs with that environment's python
@@ -136,23 +214,22 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
         spec_file = Path(scratch) / "spec.json"
         spec_file.write_text(spec.canonical_json())
         stderr_file = Path(scratch) / "stderr.txt"
-        launch_wall_ns = time.time_ns()
         with open(stderr_file, "w+b") as stderr:
-            process = subprocess.Popen(
-                worker_command(spec, spec_file, options, launch_wall_ns),
-                cwd=REPO_ROOT,
-                env=_worker_env(),
-                stdout=stderr,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so a timeout kills every rank
-                preexec_fn=functools.partial(die_with_parent, os.getpid()),
-            )
-            timed_out = False
-            try:
-                process.wait(timeout=options.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _kill_group(process)  # also reaps anything a finished worker left behind
+            ran = None
+            if zygotes is not None and forkable(spec, options):
+                ran = _run_forked(
+                    zygotes,
+                    options.python,
+                    lambda launch_ns: worker_arguments(spec_file, options, launch_ns),
+                    stderr_file,
+                    options.timeout_s,
+                )
+                if ran is None:  # no zygote could serve: start over in a fresh process
+                    stderr.seek(0)
+                    stderr.truncate()
+            if ran is None:
+                ran = _run_fresh_command(spec, spec_file, options, stderr)
+            launch_wall_ns, code, timed_out = ran
             stderr.seek(0)
             output_tail = stderr.read()[-STDERR_TAIL:].decode("utf-8", "replace")
         worker_result = _read_if_valid(path, newer_than_ns=launch_wall_ns)
@@ -172,7 +249,6 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
             if isolated is not None:
                 write_result(path, envs.attach(worker_result, isolated))
             return worker_result
-        code = process.returncode
         if code == 0 and options.nnodes > 1:
             # This node did not hold global rank 0; that node wrote the result.
             return {**base_result(spec, status="ok"), "elsewhere": "result written by the node holding rank 0"}
@@ -181,6 +257,13 @@ def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
         else:
             reason = f"worker exited with code {code}"
         return _write_failure(spec, options, path, f"{reason} without a result", output_tail, launch_wall_ns)
+
+
+def _run_fresh_command(spec: Spec, spec_file: Path, options: RunOptions, stderr) -> tuple[int, int | None, bool]:
+    # The command carries the launch time; take it as late as possible, right before the start.
+    launch_wall_ns = time.time_ns()
+    code, timed_out = _run_fresh(worker_command(spec, spec_file, options, launch_wall_ns), stderr, options.timeout_s)
+    return launch_wall_ns, code, timed_out
 
 
 def _read_if_valid(path: Path, *, newer_than_ns: int) -> dict[str, Any] | None:
@@ -330,8 +413,20 @@ def run_suite(specs: Iterable[Spec], options: RunOptions, progress: Progress | N
     """Run every spec (skipping those already done) and return all results in order.
 
     A spec another live process has claimed is waited for at the end rather than run twice.
+    Single-process workers are forked from a zygote unless ``options.zygote`` is off.
     """
     specs = list(specs)
+    pool = zygote.ZygotePool(label=str(options.results_dir)) if options.zygote else None
+    try:
+        return _run_all(specs, options, progress, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_all(
+    specs: list[Spec], options: RunOptions, progress: Progress | None, pool: zygote.ZygotePool | None
+) -> list[dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     elsewhere: list[tuple[int, Spec]] = []
     for index, spec in enumerate(specs, start=1):
@@ -349,7 +444,7 @@ def run_suite(specs: Iterable[Spec], options: RunOptions, progress: Progress | N
             try:
                 done = existing_result(spec, options.results_dir)  # finished while we were claiming?
                 finished = done is not None and not (options.retry_failed and done["status"] == "failed")
-                result = done if finished else run_spec(spec, options)
+                result = done if finished else run_spec(spec, options, pool)
                 skipped = finished
             finally:
                 claim.release()
@@ -358,14 +453,14 @@ def run_suite(specs: Iterable[Spec], options: RunOptions, progress: Progress | N
             progress(index, len(specs), spec, result, skipped, time.perf_counter() - started)
     for index, spec in elsewhere:
         started = time.perf_counter()
-        result = _wait_for_other(spec, options)
+        result = _wait_for_other(spec, options, pool)
         results[spec.spec_id] = result
         if progress:
             progress(index, len(specs), spec, result, True, time.perf_counter() - started)
     return [results[spec.spec_id] for spec in specs]
 
 
-def _wait_for_other(spec: Spec, options: RunOptions) -> dict[str, Any]:
+def _wait_for_other(spec: Spec, options: RunOptions, pool: zygote.ZygotePool | None = None) -> dict[str, Any]:
     """Wait for the process that claimed ``spec``; run it ourselves if that process died."""
     deadline = time.monotonic() + options.timeout_s + 60
     claim = _claim(options, spec)
@@ -375,7 +470,7 @@ def _wait_for_other(spec: Spec, options: RunOptions) -> dict[str, Any]:
             return done
         if claim.acquire():
             try:
-                return existing_result(spec, options.results_dir) or run_spec(spec, options)
+                return existing_result(spec, options.results_dir) or run_spec(spec, options, pool)
             finally:
                 claim.release()
         time.sleep(0.5)

@@ -30,6 +30,8 @@ class Suite:
     repeats: int = 1
     eval_every: int = 0
     """Validation every N steps in every run, for time-to-target (0: only after training)."""
+    fresh_processes: bool = False
+    """Start every worker as a fresh interpreter (no zygote): a suite that measures cold start-up."""
 
 
 def _spec(task: str, adapter: str, device: str, **fields: Any) -> Spec:
@@ -130,7 +132,32 @@ def smoke(device: str) -> Suite:
     return Suite(name="smoke", description=smoke.__doc__, specs=[_spec("digits", "native", device, steps=10)])
 
 
-BUILTIN: dict[str, Callable[[str], Suite]] = {"smoke": smoke, "quick": quick, "cost": cost, "standard": standard}
+STARTUP_STEPS = 10
+
+
+def startup(device: str) -> Suite:
+    """Cold start-up per adapter (launch to first step, torch import included): fresh processes, 3 repeats."""
+    # Fresh interpreters on purpose: this is the figure a user starting one run waits for, which
+    # suites forked from the zygote do not measure (they report the library's own start-up).
+    pairs = adapter_modes(_ordered_adapters(include_isolated=False))
+    cells = [[_spec("digits", a, device, mode=m, steps=STARTUP_STEPS) for a, m in pairs]]
+    return Suite(
+        name="startup",
+        description=startup.__doc__,
+        specs=_interleave(cells, 3),
+        repeats=3,
+        warmup=2,
+        fresh_processes=True,
+    )
+
+
+BUILTIN: dict[str, Callable[[str], Suite]] = {
+    "smoke": smoke,
+    "quick": quick,
+    "cost": cost,
+    "standard": standard,
+    "startup": startup,
+}
 
 
 def suite_names() -> list[str]:
@@ -143,11 +170,11 @@ def get_suite(name: str, device: str) -> Suite:
     return BUILTIN[name](device)
 
 
-SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "runs"}
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "fresh_processes", "runs"}
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
-    """A TOML suite: top-level name/description/warmup/repeats/eval_every and ``[[runs]]`` tables.
+    """A TOML suite: top-level name/description/warmup/repeats/eval_every/fresh_processes and ``[[runs]]`` tables.
 
     Each value in a run table may be a list; the run expands to the product of its lists.
     Keys inside ``options`` expand the same way. Missing batch_size/steps/lr come from the task.
@@ -183,8 +210,17 @@ def load_suite_file(path: Path, device: str) -> Suite:
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SpecError("suite description must be a string")
+    fresh_processes = document.get("fresh_processes", False)
+    if not isinstance(fresh_processes, bool):
+        raise SpecError(f"suite fresh_processes must be true or false, got {fresh_processes!r}")
     return Suite(
-        name=name, description=description, specs=specs, warmup=warmup, repeats=repeats, eval_every=eval_every
+        name=name,
+        description=description,
+        specs=specs,
+        warmup=warmup,
+        repeats=repeats,
+        eval_every=eval_every,
+        fresh_processes=fresh_processes,
     )
 
 

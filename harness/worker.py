@@ -1,6 +1,8 @@
 """One run in its own process: build the task, hand the job to the adapter, write the result.
 
-Launched by the runner as ``python -m harness.worker`` (or under torchrun for world size > 1).
+Launched by the runner as ``python -m harness.worker`` (or under torchrun for world size > 1), or
+forked by the runner's zygote (harness.zygote) right after these imports, which then calls
+:func:`main` exactly as the fresh process would.
 Never talks to MLflow: the orchestrator logs finished results, so tracking costs nothing
 inside the timed loop. Only rank 0 writes, atomically, and a failure anywhere still produces
 a ``failed`` result with the error and whatever trajectory was recorded.
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 WORKER_START_WALL_NS = time.time_ns()
+LAUNCH = "fresh"
+"""How this worker process started: ``fresh`` (its own interpreter), ``zygote`` (forked), ``inline``."""
 
 import torch  # noqa: E402
 
@@ -114,6 +118,30 @@ def evaluate(job: Job) -> dict[str, float]:
     from_loss = job.task.metric_from_loss
     metric = from_loss(eval_loss) if from_loss is not None else total_metric / count
     return {"eval_loss": eval_loss, "eval_metric": metric}
+
+
+def forked(start_wall_ns: int) -> None:
+    """Called by the zygote in a freshly forked child: this worker started at the fork, torch already imported."""
+    global WORKER_START_WALL_NS, LAUNCH
+    WORKER_START_WALL_NS, LAUNCH = start_wall_ns, "zygote"
+
+
+def startup_figures(launch: str, launch_wall_ns: int, ready_wall_ns: int, first_step_wall_ns: int) -> dict[str, float]:
+    """Start-up split at the moment the worker is ready (torch and the harness imported).
+
+    ``launch_s`` is launch to ready: the interpreter, torch and harness imports of a fresh process,
+    a fork for a zygote child. ``library_startup_s`` is ready to the end of the first step: the
+    library's import, the job's construction, the library's own set-up and one step; it means the
+    same however the worker started. ``startup_s`` (launch to the end of the first step, what a
+    user starting a run waits for) is only written for a fresh process, where it is that figure.
+    """
+    figures = {
+        "launch_s": (ready_wall_ns - launch_wall_ns) / 1e9,
+        "library_startup_s": (first_step_wall_ns - ready_wall_ns) / 1e9,
+    }
+    if launch == "fresh":
+        figures["startup_s"] = (first_step_wall_ns - launch_wall_ns) / 1e9
+    return figures
 
 
 def configure_threads(device_type: str) -> None:
@@ -212,10 +240,24 @@ def task_record(job: Job) -> dict[str, Any]:
 
 
 def run(
-    spec: Spec, results_dir: Path, *, launch_wall_ns: int, warmup: int, save_weights: bool, eval_every: int = 0
+    spec: Spec,
+    results_dir: Path,
+    *,
+    launch_wall_ns: int,
+    warmup: int,
+    save_weights: bool,
+    eval_every: int = 0,
+    launch: str | None = None,
 ) -> dict[str, Any]:
+    ready_wall_ns = time.time_ns()
+    launch = launch or LAUNCH
     result = base_result(spec, status="ok")
-    result["timing"] = {"launch_wall_ns": launch_wall_ns, "worker_start_wall_ns": WORKER_START_WALL_NS}
+    result["timing"] = {
+        "launch": launch,
+        "launch_wall_ns": launch_wall_ns,
+        "worker_start_wall_ns": WORKER_START_WALL_NS,
+        "ready_wall_ns": ready_wall_ns,
+    }
     configure_threads(spec.device)
     context = init_from_env(spec.device)
     result["_rank"] = context.rank
@@ -255,7 +297,9 @@ def run(
             time_to_target(trajectory.evals, trajectory.step_end_ns, task.target_metric, task.higher_is_better)
         )
         if trajectory.first_step_wall_ns is not None:
-            result["summary"]["startup_s"] = (trajectory.first_step_wall_ns - launch_wall_ns) / 1e9
+            result["summary"].update(
+                startup_figures(launch, launch_wall_ns, ready_wall_ns, trajectory.first_step_wall_ns)
+            )
         bad = next((i for i, loss in enumerate(trajectory.losses) if not torch.isfinite(torch.tensor(loss))), None)
         if bad is not None:
             result["status"] = "failed"
@@ -338,7 +382,7 @@ def run_inline(
 
     For tests and notebooks: it skips the ~5 s interpreter + torch start-up of a fresh worker,
     at the price of sharing the caller's process state. Timing figures from it are not the
-    harness's measurements; use the runner for those.
+    harness's measurements (it writes no ``startup_s``); use the runner for those.
     """
     if spec.world_size != 1:
         raise ValueError("run_inline runs single-process specs only; use harness.runner for DDP")
@@ -349,6 +393,7 @@ def run_inline(
         warmup=warmup,
         save_weights=save_weights,
         eval_every=eval_every,
+        launch="inline",
     )
     result.pop("_rank", None)
     write_result(result_path(Path(results_dir), spec), result)

@@ -83,3 +83,31 @@ def test_run_prints_summary_with_digest_and_result_path(capsys, tmp_path):
     first, second = out.strip().splitlines()
     assert first.startswith("scaling native aligned fp32 s0 | ok |") and "weights " in first
     assert second.startswith(f"result: {tmp_path}/") and second.endswith(".json")
+
+
+def test_bench_prints_progress_with_an_estimate_and_honours_no_zygote(capsys, tmp_path, monkeypatch):
+    from harness import runner
+    from harness.result import base_result
+
+    seen = {}
+
+    def fake_run_suite(specs, options, progress=None):
+        seen["zygote"] = options.zygote
+        results = []
+        for index, spec in enumerate(specs, start=1):
+            result = base_result(spec, status="ok")
+            results.append(result)
+            progress(index, len(specs), spec, result, False, 2.0)
+        return results
+
+    monkeypatch.setattr(runner, "run_suite", fake_run_suite)
+    code, out, _ = run_cli(capsys, "bench", "--suite", "smoke", "--device", "cpu", "--no-tracking", "--no-zygote",
+                           "--results-dir", str(tmp_path))
+    assert code == 0 and seen["zygote"] is False
+    lines = out.splitlines()
+    assert lines[0].endswith("a fresh process per spec")
+    assert lines[1].startswith("[1/1, 100% done] digits native aligned fp32 s0 | ok") and "elapsed, done" in lines[1]
+    assert lines[-1].startswith("suite smoke: 1 ok (1 specs) in ") and f"results in {tmp_path}" in lines[-1]
+    code, _, _ = run_cli(capsys, "bench", "--suite", "smoke", "--device", "cpu", "--no-tracking",
+                         "--results-dir", str(tmp_path / "again"))
+    assert seen["zygote"] is True  # the default: forked from a zygote

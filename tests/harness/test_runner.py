@@ -48,6 +48,7 @@ def test_suite_survives_raise_nan_and_hang_and_resumes(tmp_path):
     assert hung["error"] == "timed out after 25 s"
 
     assert by_adapter["native"]["status"] == "ok"
+    assert by_adapter["native"]["timing"]["launch"] == "zygote"  # a suite forks its workers by default
     for spec in specs:  # every spec has a valid result file on disk
         assert read_result(result_path(tmp_path, spec))["spec_id"] == spec.spec_id
 
@@ -76,7 +77,9 @@ def _is_worker_for(pid: str, results_dir) -> bool:
             command = handle.read().decode(errors="replace")
     except OSError:
         return False
-    return "harness.worker" in command and str(results_dir) in command
+    # A fresh worker's command names harness.worker and its results folder; a zygote and the
+    # workers it forks share the zygote's command line, which names the folder it serves.
+    return ("harness.worker" in command or "harness.zygote" in command) and str(results_dir) in command
 
 
 def _race_for_claim(results_dir: str, spec_json: str, start_at: float, queue, done) -> None:

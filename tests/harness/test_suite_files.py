@@ -52,12 +52,22 @@ def test_a_good_file_expands_the_product_and_interleaves_repeats(tmp_path):
             "more than 20000",
         ),
         ("name = 'x'\n", "needs at least one [[runs]] table"),
+        (
+            "fresh_processes = 'yes'\n[[runs]]\ntask = 'digits'\nadapter = 'native'\n",
+            "fresh_processes must be true or false",
+        ),
     ],
 )
 def test_bad_suite_files_are_refused_clearly(tmp_path, text, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
         load_suite_file(write(tmp_path, text), "cpu")
     assert "\n" not in str(caught.value)
+
+
+def test_a_suite_file_can_ask_for_fresh_processes(tmp_path):
+    runs = "[[runs]]\ntask = 'digits'\nadapter = 'native'\n"
+    assert not load_suite_file(write(tmp_path, runs), "cpu").fresh_processes
+    assert load_suite_file(write(tmp_path, "fresh_processes = true\n" + runs), "cpu").fresh_processes
 
 
 def test_unreadable_file_is_a_clear_error(tmp_path):
