@@ -387,13 +387,11 @@ def environment_spec(name: str, envs_dir: Path | None = None) -> EnvironmentSpec
 
 def declared_environment(adapter_name: str) -> str | None:
     """The environment an adapter declares (its ``environment`` class attribute), if any."""
-    from harness.registry import _load_adapter_class
+    from harness.registry import RegistryError, load_adapter_class
 
     try:
-        loaded = _load_adapter_class(adapter_name)
-    except Exception:  # a broken adapter module fails in its worker, with its own error, as before
-        return None
-    if isinstance(loaded, str):
+        loaded = load_adapter_class(adapter_name)
+    except RegistryError:  # an unknown or broken adapter fails in its worker, with its own error
         return None
     return getattr(loaded, "environment", None)
 
