@@ -328,7 +328,9 @@ def _run_against(args: argparse.Namespace, spec: Spec, options) -> int:
 
     def progress(role: str, result: dict[str, Any], reused: bool) -> None:
         if not args.json:
-            suffix = " (partner, found in the results folder)" if reused else (" (partner)" if role == "partner" else "")
+            suffix = {"partner": " (partner)", "candidate": ""}[role]
+            if reused:
+                suffix = " (partner, found in the results folder)"
             print(one_line(result) + suffix, flush=True)
 
     outcome = run_against(spec, partner, results_dir=options.results_dir, run=lambda s: run_spec(s, options),

@@ -28,9 +28,9 @@ from adapters.base import Adapter, Job, Unsupported  # noqa: E402
 from harness import environment  # noqa: E402
 from harness.durations import after_warmup, step_durations_ns  # noqa: E402
 from harness.plan import request_for  # noqa: E402
+from harness.plugins import verify as verify_plugin_code  # noqa: E402
 from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
-from harness.plugins import verify as verify_plugin_code  # noqa: E402
 from harness.registry import adapter_identity, get_adapter, get_task, task_identity  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
 from harness.spec import Spec  # noqa: E402
