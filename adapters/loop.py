@@ -52,17 +52,19 @@ def accepted_keywords(function: Callable) -> frozenset[str]:
         signature = inspect.signature(function)
     except (TypeError, ValueError) as error:
         raise LoopError(f"cannot read the signature of {function!r}: {error}") from None
-    try:
-        signature.bind(*POSITIONAL)
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        keywords = frozenset(OPTIONAL)
+    else:
+        keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        keywords = frozenset(name for name in OPTIONAL if name in parameters and parameters[name].kind in keyword_kinds)
+    try:  # the call fit() makes: the six arguments by position, the declared keywords by name
+        signature.bind(*POSITIONAL, **dict.fromkeys(keywords))
     except TypeError as error:
         raise LoopError(
             f"a training function must take ({', '.join(POSITIONAL)}); {_name(function)}{signature} cannot ({error})"
         ) from None
-    parameters = signature.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return frozenset(OPTIONAL)
-    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return frozenset(name for name in OPTIONAL if name in parameters and parameters[name].kind in keyword_kinds)
+    return keywords
 
 
 def _name(function: Callable) -> str:

@@ -368,9 +368,6 @@ def _load_adapter_class(name: str) -> _Loaded:
     try:
         base, version = _split(name)
         if version is not None:
-            base_entry = adapter_entry(name)
-            if base_entry.origin == "import path":
-                raise _fail(base_entry, "a library version applies to a registered adapter name, not an import path")
             base_class = _load_adapter_class(base).get()
             return _Loaded(value=_variant_class(base_class, base, version))
         entry = adapter_entry(name)
