@@ -124,6 +124,8 @@ def _worker_env() -> dict[str, str]:
 
 def run_spec(spec: Spec, options: RunOptions) -> dict[str, Any]:
     """Run one spec in a fresh process and return its result (also on disk)."""
+    # The worker runs in the repository root: a relative folder must mean the caller's, not that.
+    options = dataclasses.replace(options, results_dir=Path(options.results_dir).absolute())
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = result_path(options.results_dir, spec)
     try:  # an adapter that declares its own environment runs with that environment's python
