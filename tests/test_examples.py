@@ -143,6 +143,34 @@ def test_an_installed_plugin_runs_through_every_main_adapter_with_its_declared_v
     assert rows["example-loop"]["adapter_plugin"]["target"] == "bakeoff_example.train:train"
     by_path = rows["bakeoff_example.adapters:MiniTrainerAdapter"]["adapter_plugin"]
     assert by_path["origin"] == "import path" and by_path["distribution"] == "bakeoff-example"
+    # The example's own CI tests (the bakeoff fixture, hypothesis strategies) pass against the install.
+    tests = user_env.run("-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args(), str(user_env.source / "tests"))
+    assert tests.returncode == 0 and "3 passed" in tests.stdout, (tests.stdout + tests.stderr)[-3000:]
+
+
+def plugin_args() -> list[str]:
+    """``-p bakeoff.pytest_plugin`` unless the installed bakeoff already registers it (after a reinstall, CI)."""
+    import importlib.metadata
+
+    installed = {entry.name for entry in importlib.metadata.entry_points(group="pytest11")}
+    return [] if "bakeoff.pytest_plugin" in installed else ["-p", "bakeoff.pytest_plugin"]
+
+
+def test_the_upgrade_guard_workflow_runs_valid_commands():
+    """Every `bakeoff run` line of the example's CI workflow parses, for each value of its matrix."""
+    from harness.cli import build_parser
+
+    workflow = (EXAMPLE / "ci" / "upgrade-guard.yml").read_text()
+    matrix = ["lightning@2.1.4", "lightning"]
+    assert f"lightning: {json.dumps(matrix)}" in workflow
+    lines = [line.strip().removeprefix("run: ") for line in workflow.splitlines()]
+    commands = [line for line in lines if line.startswith("bakeoff ")]
+    assert len(commands) >= 3
+    for command in commands:
+        for value in matrix:
+            argv = command.replace("${{ matrix.lightning }}", value).split()[1:]
+            args = build_parser().parse_args(argv)
+            assert args.command == "run" and args.task == TASK and args.against
 
 
 def against_native(user_env: UserEnvironment, adapter: str, results: Path) -> tuple[dict, str]:
