@@ -462,20 +462,21 @@ def variant_info(name: str) -> dict[str, Any] | None:
 def task_identity(name: str) -> CodeIdentity | None:
     """A plugin task's code identity (harness.plugins); None for a built-in. Raises like get_task."""
     entry = task_entry(name)
-    loaded = load_task_class(name)
-    return _identify(entry, loaded)
+    if not entry.plugin:
+        return None  # bakeoff's own code: the result's git sha names it (and nothing is imported here)
+    return _identify(entry, load_task_class(name))
 
 
 def adapter_identity(name: str) -> CodeIdentity | None:
     """A plugin adapter's (or training function's) code identity; None for a built-in."""
     entry = adapter_entry(name)
+    if not entry.plugin:
+        return None
     loaded = load_adapter_class(name)
     return _identify(entry, getattr(loaded, "train_function", loaded))
 
 
 def _identify(entry: Entry, loaded: Any) -> CodeIdentity | None:
-    if not entry.plugin:
-        return None
     from harness.plugins import identify
 
     try:

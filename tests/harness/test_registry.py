@@ -238,3 +238,11 @@ def test_the_cli_resolves_import_paths_from_the_current_directory(tmp_path, monk
         if str(tmp_path) in sys.path:
             sys.path.remove(str(tmp_path))
         registry.clear_caches()
+
+
+def test_a_suite_file_naming_a_broken_plugin_is_bad_input(plugin_dir, tmp_path, capsys):
+    suite = tmp_path / "broken.toml"
+    suite.write_text('[[runs]]\ntask = "tiny"\nadapter = ["native", "broken-adapter"]\n')
+    code, out, err = cli(capsys, "bench", "--suite-file", str(suite), "--dry-run", "--no-tracking")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "adapter 'broken-adapter' (entry point plug_adapter_import:Adapter" in err
