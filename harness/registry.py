@@ -362,6 +362,30 @@ def get_task(name: str) -> Task:
     return load_task_class(name)()
 
 
+def task_data_problem(data: Any) -> str | None:
+    """What is wrong with what a task's ``build_data`` returned, or None (checked before training).
+
+    Every run is validated on the validation set and names its data by the digest, so both are
+    required; ``tensor_data`` builds a correct one.
+    """
+    from tasks.base import Inferable, TaskData
+
+    if not isinstance(data, TaskData):
+        return f"build_data must return a TaskData (bakeoff.tensor_data), got {type(data).__name__}"
+    for split in ("train", "valid"):
+        try:
+            size = len(getattr(data, split))
+        except TypeError:
+            return f"build_data's {split} set has no length (a torch Dataset with __len__ is needed)"
+        if size == 0:
+            return f"build_data's {split} set is empty (a validation set is required: every run is validated on it)"
+    if not (isinstance(data.digest, str) and re.fullmatch(r"[0-9a-f]{64}", data.digest)):
+        return "build_data's digest must be the SHA-256 hex of the data (bakeoff.tensors_digest)"
+    if not isinstance(data.inferable, Inferable):
+        return "build_data's inferable must be an Inferable (num_classes, input_shape)"
+    return None
+
+
 @cache
 def _load_adapter_class(name: str) -> _Loaded:
     """The adapter class for ``name`` (a versioned name gives its variant class), as a cached outcome."""

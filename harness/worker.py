@@ -31,7 +31,7 @@ from harness.plan import request_for  # noqa: E402
 from harness.plugins import verify as verify_plugin_code  # noqa: E402
 from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
-from harness.registry import adapter_identity, get_adapter, get_task, task_identity  # noqa: E402
+from harness.registry import adapter_identity, get_adapter, get_task, task_data_problem, task_identity  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
 from harness.spec import Spec  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
@@ -249,6 +249,9 @@ def run(
         if plugin_code["adapter"]:
             result["adapter"]["plugin"] = plugin_code["adapter"].record()
         job = build_job(spec, task, context, probe, workdir=results_dir / "work" / spec.spec_id)
+        problem = task_data_problem(job.data)
+        if problem:
+            raise ValueError(f"task {spec.task!r}: {problem}")
         result["task"] = task_record(job)
         if plugin_code["task"]:
             result["task"]["plugin"] = plugin_code["task"].record()

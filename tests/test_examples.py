@@ -9,9 +9,10 @@ editable (pip builds it offline with the shared setuptools). Nothing is installe
   and loop, by entry-point name and by import path) runs the installed task in one process of the
   throwaway environment and gets its declared verdict against native (~1 min);
 - the isolated ``lightning@2.1.4`` runs it through ``bakeoff run --against native`` with the
-  package installed non-editable and then editable (the case that failed with a bare ``.pth`` path
-  line; a control below shows why), building that environment once in the temporary folder (~5-30 s
-  from pip's cache, more on a fresh machine) and running two specs and one partner (~1 min);
+  package installed non-editable, then editable (the case that failed with a bare ``.pth`` path
+  line; a control below shows why), then not installed but named by import path from the current
+  directory, building that environment once in the temporary folder (~5-30 s from pip's cache, more
+  on a fresh machine) and running three specs and two partners (~1-2 min);
 - Flash, whose environment takes minutes to build, is ``slow`` (``make test-deep``).
 """
 
@@ -61,12 +62,13 @@ class UserEnvironment:
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }
 
-    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(self.python), *args],
             capture_output=True,
             text=True,
-            cwd=self.work,  # neither the repository nor the example's source: the package must come from the install
+            # By default neither the repository nor the example's source: the package must come from the install.
+            cwd=cwd or self.work,
             env=self.environment(),
             timeout=timeout,
         )
@@ -173,10 +175,12 @@ def test_the_upgrade_guard_workflow_runs_valid_commands():
             assert args.command == "run" and args.task == TASK and args.against
 
 
-def against_native(user_env: UserEnvironment, adapter: str, results: Path) -> tuple[dict, str]:
+def against_native(
+    user_env: UserEnvironment, adapter: str, results: Path, *, task: str = TASK, cwd: Path | None = None
+) -> tuple[dict, str]:
     done = user_env.run(
-        "-m", "harness.cli", "run", "--task", TASK, "--adapter", adapter, "--steps", "8",
-        "--against", "native", "--results-dir", str(results), timeout=1800,
+        "-m", "harness.cli", "run", "--task", task, "--adapter", adapter, "--steps", "8",
+        "--against", "native", "--results-dir", str(results), timeout=1800, cwd=cwd,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("verdict vs native:"))
@@ -195,6 +199,16 @@ def test_isolated_adapters_import_the_plugin_installed_editable_and_not(user_env
         records[editable] = result["task"]["plugin"]
     # The same code, wherever it is installed from: the same identity (and so the same spec id).
     assert records[False]["code"] == records[True]["code"]
+    # Not installed at all: an import path from the folder the user runs bakeoff in reaches the
+    # isolated worker too (through BAKEOFF_PLUGIN_PATH, which the CLI sets to the current directory).
+    user_env.pip("uninstall", "-y", "bakeoff-example")
+    assert user_env.run("-c", "import bakeoff_example").returncode != 0
+    result, line = against_native(user_env, adapter, tmp_path, task="bakeoff_example.tasks:Spirals",
+                                  cwd=user_env.source)  # fmt: skip
+    assert "bitwise" in line and "holds" in line, line
+    plugin = result["task"]["plugin"]
+    assert (plugin["origin"], plugin["distribution"]) == ("import path", None)
+    assert plugin["source_digest"] == records[True]["source_digest"]
 
 
 def test_an_environment_sharing_with_a_bare_path_line_misses_editable_installs(user_env):

@@ -246,3 +246,28 @@ def test_a_suite_file_naming_a_broken_plugin_is_bad_input(plugin_dir, tmp_path, 
     code, out, err = cli(capsys, "bench", "--suite-file", str(suite), "--dry-run", "--no-tracking")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "adapter 'broken-adapter' (entry point plug_adapter_import:Adapter" in err
+
+
+def test_data_without_a_validation_set_or_digest_fails_before_training_with_the_reason(plugin_dir, inline):
+    from harness.spec import Spec
+
+    (plugin_dir / "plug_data.py").write_text(
+        textwrap.dedent(GOOD_TASK)
+        + textwrap.dedent("""
+            class NoValidation(Tiny):
+                def build_data(self, options):
+                    data = super().build_data(options)
+                    data.valid = data.valid.__class__(*(t[:0] for t in data.valid.tensors))
+                    return data
+
+            class NoDigest(Tiny):
+                def build_data(self, options):
+                    data = super().build_data(options)
+                    data.digest = "todo"
+                    return data
+        """)
+    )
+    for name, message in (("NoValidation", "valid set is empty"), ("NoDigest", "digest must be the SHA-256")):
+        result = inline(Spec(task=f"plug_data:{name}", adapter="native", batch_size=8, steps=3, lr=0.1))
+        assert result["status"] == "failed" and message in result["error"], result["error"]
+        assert result["trajectory"]["losses"] == []
