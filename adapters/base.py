@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from kernels.distributed import DistContext
 from kernels.precision import Precision
 from kernels.sampling import ShardedBatchSampler
-from tasks.base import OptimizerRecipe, Task, TaskData
+from tasks.base import Inferable, OptimizerRecipe, Task, TaskData
 
 STYLES = ("native", "inheritance", "callback", "high-level")
 MODES = ("aligned", "defaults")
@@ -52,6 +52,9 @@ class Request:
     device_type: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
     """The task's options as the spec gives them (not yet resolved against the task's defaults)."""
+    inferable: Inferable | None = None
+    """What the task's data declares (input shape, classes), once the data is built; None before.
+    ``refuse`` may turn down a request on it (the worker checks again right before training)."""
 
 
 @dataclass(kw_only=True)
@@ -102,6 +105,7 @@ class Job:
             grad_accum=self.grad_accum,
             device_type=self.device.type,
             options=self.options,
+            inferable=self.data.inferable,
         )
 
 

@@ -70,6 +70,10 @@ MIXED_POLICY_REASON = (
     "TorchModuleWrapper to {dtype} but the torch parameters stay fp32 (they are not autocast like Keras "
     "variables), so float inputs fail with a dtype mismatch and integer inputs train in fp32"
 )
+INPUT_SHAPE_REASON = (
+    "keras aligned builds the model from the task's declared input shape (model.build) and task {task!r} "
+    "declares none: set Inferable(input_shape=...) in its build_data (the shape of one sample, without the batch)"
+)
 DISTRIBUTED_REASON = (
     "Keras 3 fit() has no data-parallel support on the torch backend (keras.distribution is JAX-only; "
     "Keras' multi-device PyTorch guide replaces fit() with a hand-written loop around DDP)"
@@ -192,6 +196,8 @@ class KerasAdapter(Adapter):
     not_distributed_reason = DISTRIBUTED_REASON
 
     def refuse(self, request: Request) -> str | None:
+        if request.mode == "aligned" and request.inferable is not None and request.inferable.input_shape is None:
+            return INPUT_SHAPE_REASON.format(task=request.task.name)
         if request.mode == "defaults" and request.precision != "fp32":
             policy, dtype = (
                 ("mixed_bfloat16", "bfloat16") if request.precision == "bf16-mixed" else ("mixed_float16", "float16")

@@ -62,14 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bakeoff", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    run = commands.add_parser("run", help="run one spec and print a one-line summary")
-    run.add_argument("--task", required=True, help="task name (see `bakeoff list`)")
-    run.add_argument("--adapter", default="native", help="adapter name (default: native)")
+    run = commands.add_parser("run", help="run one spec and print a one-line summary (--against: and its verdict)")
+    run.add_argument("--task", required=True,
+                     help="task name (see `bakeoff list`) or import path package.module:TaskClass")
+    run.add_argument("--adapter", default="native",
+                     help="adapter name, import path package.module:AdapterClass, or your own training function "
+                          "package.module:train (default: native)")
     run.add_argument("--mode", default="aligned", help="aligned | defaults (default: aligned)")
     run.add_argument("--precision", default="fp32", help="fp32 | bf16-mixed | fp16-mixed (default: fp32)")
     run.add_argument("--world-size", type=int, default=1, help="DDP processes via torchrun (default: 1)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch-size", type=int, help="per-rank micro-batch (default: the task's)")
+    batch = run.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=int,
+                       help="micro-batch PER RANK (default: the task's); the global batch is this x --world-size x "
+                            "--grad-accum")
+    batch.add_argument("--global-batch", type=int, metavar="N",
+                       help="samples per optimizer step over all ranks and micro-batches; the per-rank batch is "
+                            "N / (--world-size x --grad-accum)")
     run.add_argument("--steps", type=int, help="optimizer steps (default: the task's)")
     run.add_argument("--lr", type=float, help="learning rate (default: the task's)")
     run.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -81,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nnodes", type=int, default=1, help="machines the DDP job spans (run this on each)")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous for --nnodes > 1")
     run.add_argument("--json", action="store_true", help="print the whole result JSON instead of a summary")
+    run.add_argument("--against", metavar="ADAPTER",
+                     help="also run (or reuse the result of) the same run on ADAPTER (aligned; e.g. native), print "
+                          "the parity verdict, and exit 1 when it is worse than declared")
+    run.add_argument("--against-world-size", type=int, metavar="N",
+                     help="ranks of the --against partner (default: the same); its per-rank batch keeps the global "
+                          "batch equal")
+    run.add_argument("--expect", choices=("bitwise", "close", "diverged", "not-comparable"),
+                     help="the verdict to hold the pair to (default: what the adapter declares against native)")
+    run.add_argument("--no-tracking", action="store_true",
+                     help="accepted for symmetry with bench: run never logs to MLflow (`bakeoff ingest DIR` does)")
+    run.epilog = ("exit status: 0 the run finished (and, with --against, the verdict is as declared); 1 a run "
+                  "failed or the verdict is worse than declared; 2 bad input (including a plugin that cannot load)")
 
     bench = commands.add_parser("bench", help="run a suite of specs (resumes: finished specs are skipped)")
     source = bench.add_mutually_exclusive_group()
@@ -138,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--no-server", action="store_true", help="print the links and exit (e.g. for a running server)")
     _add_tracking_option(ui)
 
-    commands.add_parser("list", help="list tasks, adapters and suites")
+    listing = commands.add_parser("list", help="list tasks, adapters and suites (without importing any library)")
+    listing.add_argument("--check", action="store_true",
+                         help="also import every task and adapter and say which cannot load (slower: imports every "
+                              "library); exit 2 when a plugin is broken")
     commands.add_parser("env", help="print the environment a result would record")
     return parser
 
@@ -169,7 +193,20 @@ def _device(name: str) -> str:
     return name
 
 
+def _batch_size(args: argparse.Namespace, default: int) -> int:
+    if args.global_batch is None:
+        return args.batch_size if args.batch_size is not None else default
+    split = args.world_size * args.grad_accum
+    if args.global_batch < 1 or split < 1 or args.global_batch % split:
+        raise SpecError(
+            f"--global-batch {args.global_batch} does not split into --world-size {args.world_size} x "
+            f"--grad-accum {args.grad_accum} equal micro-batches"
+        )
+    return args.global_batch // split
+
+
 def _spec_from_args(args: argparse.Namespace) -> Spec:
+    from harness.plugins import with_code_identity
     from harness.registry import RegistryError, get_task
 
     try:
@@ -177,14 +214,14 @@ def _spec_from_args(args: argparse.Namespace) -> Spec:
     except RegistryError as error:
         raise SpecError(str(error)) from None
     options = dict(args.option)
-    return Spec(
+    spec = Spec(
         task=args.task,
         adapter=args.adapter,
         mode=args.mode,
         precision=args.precision,
         world_size=args.world_size,
         seed=args.seed,
-        batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
+        batch_size=_batch_size(args, defaults.batch_size),
         steps=args.steps if args.steps is not None else defaults.steps,
         lr=args.lr if args.lr is not None else defaults.lr,
         grad_accum=args.grad_accum,
@@ -192,6 +229,7 @@ def _spec_from_args(args: argparse.Namespace) -> Spec:
         options=options,
         deterministic=not args.nondeterministic,
     )
+    return with_code_identity(spec)  # a plugin's code is part of the spec id; a broken plugin: exit 2
 
 
 def _run_options(args: argparse.Namespace, results_dir: Path, warmup: int, eval_every: int = 0):
@@ -242,6 +280,13 @@ def unsupported_result(spec: Spec, reason: str, results_dir: Path) -> dict[str, 
     return result
 
 
+def batch_line(spec: Spec) -> str:
+    """How the global batch is made, said out loud for DDP and accumulation runs."""
+    global_batch = spec.batch_size * spec.world_size * spec.grad_accum
+    return (f"batch: {spec.batch_size} per rank x {spec.world_size} ranks x {spec.grad_accum} micro-batches "
+            f"= global batch {global_batch}")
+
+
 def command_run(args: argparse.Namespace) -> int:
     from harness.plan import check_spec, unsupported_reason
     from harness.result import result_path
@@ -252,6 +297,12 @@ def command_run(args: argparse.Namespace) -> int:
     options = _run_options(args, args.results_dir, warmup=5)
     if options.nnodes > 1 and spec.world_size % options.nnodes:
         raise SpecError(f"--world-size {spec.world_size} does not split over --nnodes {options.nnodes}")
+    if args.against is None and (args.against_world_size is not None or args.expect is not None):
+        raise SpecError("--against-world-size and --expect only make sense with --against ADAPTER")
+    if args.against is not None:
+        return _run_against(args, spec, options)
+    if not args.json and (spec.world_size > 1 or spec.grad_accum > 1):
+        print(batch_line(spec))
     reason = unsupported_reason(spec)
     result = unsupported_result(spec, reason, options.results_dir) if reason else run_spec(spec, options)
     if args.json:
@@ -260,6 +311,42 @@ def command_run(args: argparse.Namespace) -> int:
         print(one_line(result))
         print(f"result: {result_path(options.results_dir, spec)}")
     return EXIT_OK if result["status"] == "ok" else EXIT_FAILED
+
+
+def _run_against(args: argparse.Namespace, spec: Spec, options) -> int:
+    """``run --against ADAPTER``: the run, its partner (run or found), the verdict line, exit 1 if worse."""
+    from harness.against import partner_for, run_against
+    from harness.plan import check_spec
+    from harness.result import result_path
+    from harness.runner import run_spec
+
+    if args.nnodes > 1:
+        raise SpecError("--against runs both partners on this machine; it does not combine with --nnodes")
+    if args.against_world_size is not None and args.against_world_size < 1:
+        raise SpecError(f"--against-world-size must be a positive integer, got {args.against_world_size}")
+    partner = partner_for(spec, args.against, world_size=args.against_world_size)
+    check_spec(partner)
+    if not args.json and (spec.world_size > 1 or spec.grad_accum > 1 or partner.world_size != spec.world_size):
+        print(batch_line(spec))
+
+    def progress(role: str, result: dict[str, Any], reused: bool) -> None:
+        if not args.json:
+            suffix = {"partner": " (partner)", "candidate": ""}[role]
+            if reused:
+                suffix = " (partner, found in the results folder)"
+            print(one_line(result) + suffix, flush=True)
+
+    outcome = run_against(spec, partner, results_dir=options.results_dir, run=lambda s: run_spec(s, options),
+                          expect=args.expect, progress=progress)
+    if args.json:
+        print(json.dumps({"candidate": outcome.candidate, "partner": outcome.partner,
+                          "verdict": outcome.verdict.to_dict(), "declared": outcome.declared,
+                          "as_declared": outcome.as_declared}, indent=1, sort_keys=True))
+    else:
+        print(outcome.line())
+        print(f"results: {result_path(options.results_dir, spec)} vs {result_path(options.results_dir, partner)}")
+    ran = outcome.candidate["status"] == "ok" and outcome.partner["status"] in ("ok", "unsupported")
+    return EXIT_OK if ran and outcome.as_declared else EXIT_FAILED
 
 
 @dataclass
@@ -574,28 +661,80 @@ def command_ui(args: argparse.Namespace) -> int:
     return EXIT_OK  # not reached
 
 
+def _task_line(row: dict[str, Any]) -> str:
+    if row["origin"] != "built-in":
+        return f"plugin ({row['origin']} {row['target']} of {row.get('distribution')} {row.get('version')})"
+    options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+    return row["description"] + (f" [options: {options}]" if options else "")
+
+
+def _adapter_line(row: dict[str, Any]) -> str:
+    if row["origin"] != "built-in":
+        return f"plugin ({row['origin']} {row['target']} of {row.get('distribution')} {row.get('version')})"
+    if row["problem"]:
+        return f"unavailable: {row['problem']}"
+    library = row["library"] or "torch"
+    if row.get("library_version"):
+        library += f" {row['library_version']}"
+    line = f"style={row['style']} library={library} modes={','.join(row['modes'])}"
+    if row.get("environment"):
+        built = {True: "built", False: "built on first use", None: "cannot be read"}[row.get("environment_built")]
+        line += f" (own environment {row['environment']!r}: {built})"
+    return line
+
+
+def _checked_task_line(name: str) -> tuple[str, bool]:
+    from harness.registry import PluginError, get_task, task_entry
+
+    try:
+        task = get_task(name)
+    except PluginError as error:
+        return f"BROKEN: {error}", task_entry(name).plugin
+    options = ", ".join(f"{k}={v}" for k, v in task.options.items())
+    return task.description + (f" [options: {options}]" if options else "") + " (loads)", False
+
+
+def _checked_adapter_line(name: str) -> tuple[str, bool]:
+    from harness.registry import PluginError, adapter_entry, get_adapter
+
+    try:
+        adapter = get_adapter(name)
+    except PluginError as error:
+        plugin = adapter_entry(name).plugin
+        return (f"BROKEN: {error}" if plugin else f"unavailable: {error}"), plugin
+    library, modes = adapter.library or "torch", ",".join(adapter.modes)
+    return f"style={adapter.style} library={library} modes={modes} (loads)", False
+
+
 def command_list(args: argparse.Namespace) -> int:
-    from harness.registry import adapter_availability, get_adapter, get_task, task_names
+    """Tasks, adapters and suites. Nothing is imported unless --check: it answers in about a second."""
+    from harness.registry import describe_adapters, describe_tasks
     from harness.suites import BUILTIN
 
+    tasks, adapters = describe_tasks(), describe_adapters()
+    width = max(10, *(len(row["name"]) for row in tasks + adapters))
+    broken = 0
     print("tasks:")
-    for name in task_names():
-        task = get_task(name)
-        options = ", ".join(f"{k}={v}" for k, v in task.options.items())
-        print(f"  {name:10} {task.description}" + (f" [options: {options}]" if options else ""))
+    for row in tasks:
+        line, is_broken = _checked_task_line(row["name"]) if args.check else (_task_line(row), False)
+        broken += is_broken
+        print(f"  {row['name']:{width}} {line}")
+    print(f"  {'(yours)':{width}} --task package.module:TaskClass (a bakeoff.Task subclass; README: Bring your own)")
     print("adapters:")
-    for name, problem in adapter_availability().items():
-        if problem:
-            print(f"  {name:10} unavailable: {problem}")
-        else:
-            adapter = get_adapter(name)
-            library, modes = adapter.library or "torch", ",".join(adapter.modes)
-            print(f"  {name:10} style={adapter.style} library={library} modes={modes}")
-    print("  versions:  an adapter with a library also runs as <adapter>@<version> in its own environment,")
-    print("             built on first use (e.g. lightning@2.1.4; `python -m harness.envs build lightning@2.1.4`)")
+    for row in adapters:
+        line, is_broken = _checked_adapter_line(row["name"]) if args.check else (_adapter_line(row), False)
+        broken += is_broken
+        print(f"  {row['name']:{width}} {line}")
+    print(f"  {'(yours)':{width}} --adapter package.module:AdapterClass, or your own training function "
+          "package.module:train")
+    print(f"  {'versions:':{width}} an adapter with a library also runs as <adapter>@<version> in its own environment,")
+    print(f"  {'':{width}} built on first use (e.g. lightning@2.1.4; `python -m harness.envs build lightning@2.1.4`)")
     print("suites:")
     for name, factory in BUILTIN.items():
-        print(f"  {name:10} {factory.__doc__}")
+        print(f"  {name:{width}} {factory.__doc__}")
+    if broken:
+        print(f"bakeoff: error: {broken} plugin(s) cannot be loaded (see BROKEN above)", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -619,6 +758,17 @@ COMMANDS = {
 }
 
 
+def _plugin_path_here() -> None:
+    """Import paths (``--task mypkg.tasks:MyTask``) also resolve from the current directory, as a user
+    expects, after everything else on the path, and in the workers too (they inherit the variable)."""
+    from harness.registry import PLUGIN_PATH_ENV
+
+    folders = [folder for folder in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep) if folder]
+    here = os.getcwd()
+    if here not in folders:
+        os.environ[PLUGIN_PATH_ENV] = os.pathsep.join([*folders, here])
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -626,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2.14 deprecates loudly; it says nothing about the user's command.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")
     parser = build_parser()
+    _plugin_path_here()
     try:
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args)

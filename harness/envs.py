@@ -9,12 +9,18 @@ exact package list in each result. The worker is the same ``harness.worker`` (th
 the repository on ``PYTHONPATH``), so task, sampler, initial weights and probe are the same.
 
 Sharing torch instead of installing it again: the environment is a venv whose own
-site-packages hold only what its pins change, plus a ``.pth`` file that appends the main
+site-packages hold only what its pins change, plus a ``.pth`` file that adds the main
 ``.venv`` site-packages *after* its own. Its pins win (its pytorch-lightning 1.9.5 shadows the
 main 2.6.6), everything else (torch, ~1.7 GB) is shared, and pip in it sees torch as installed
-so it never downloads it. pip never removes a distribution that lies outside the environment
-it installs into ("Not uninstalling ... outside environment"); :func:`build` checks that the
-main site-packages listing is byte-for-byte the same before and after, and fails loudly if not.
+so it never downloads it. The ``.pth`` adds the shared folder with ``site.addsitedir`` rather
+than as a bare path line: a bare line puts the folder on ``sys.path`` but never reads the
+``.pth`` files inside it, and those are how editable installs (a user's plugin installed with
+``pip install -e``) make themselves importable; ``addsitedir`` processes them as the main
+interpreter does, so the environment sees exactly what the main one sees, after its own pins.
+
+pip never removes a distribution that lies outside the environment it installs into ("Not
+uninstalling ... outside environment"); :func:`build` checks that the main site-packages listing
+is byte-for-byte the same before and after, and fails loudly if not.
 
 An environment with ``# bakeoff: isolated`` in its requirements file gets no shared path (a
 full, self-contained install, for pins that cannot share torch).
@@ -48,11 +54,14 @@ from harness.environment import REPO_ROOT
 
 ENVS_DIR = REPO_ROOT / "envs"
 """Committed requirement files, one per environment: ``envs/<name>.txt``."""
-BUILD_ROOT = REPO_ROOT / ".envs"
-"""Built environments (git-ignored): ``.envs/<name>-<key>/``."""
+BUILD_ROOT = Path(os.environ.get("BAKEOFF_ENVS_ROOT") or REPO_ROOT / ".envs").expanduser().absolute()
+"""Built environments (git-ignored): ``.envs/<name>-<key>/`` (``BAKEOFF_ENVS_ROOT`` puts them elsewhere)."""
 MANIFEST = "bakeoff-env.json"
 """Written last by a successful build: its presence means the environment is ready."""
 SHARED_PTH = "zz-bakeoff-shared.pth"
+SHARING = "addsitedir"
+"""How the shared site-packages is added (part of the key: an environment built with a bare path
+line, which misses editable installs, is rebuilt rather than reused)."""
 ISOLATED_MARKER = "# bakeoff: isolated"
 BUILD_TIMEOUT_S = 1800
 KEY_LENGTH = 12
@@ -92,6 +101,7 @@ class EnvironmentSpec:
             "python": python_version(self.base_python),
             "base_python": self.base_python,
             "shared_site_packages": self.shared_site_packages,
+            "sharing": SHARING if self.share_main else None,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
 
@@ -225,8 +235,7 @@ def build(spec: EnvironmentSpec, *, log=None) -> BuiltEnvironment:
         check=True,
     ).stdout.strip()
     if spec.share_main:
-        # A path line in a .pth is appended to sys.path after this site-packages: own pins win.
-        (Path(site_packages) / SHARED_PTH).write_text(spec.shared_site_packages + "\n")
+        (Path(site_packages) / SHARED_PTH).write_text(shared_pth_line(spec.shared_site_packages))
     install_started = time.perf_counter()
     if spec.requirements:
         step(
@@ -271,6 +280,16 @@ def build(spec: EnvironmentSpec, *, log=None) -> BuiltEnvironment:
     if log:
         log(f"[envs] {spec.name}: built in {manifest['build_s']:.1f} s, {manifest['own_disk_bytes'] / 1e6:.1f} MB own")
     return BuiltEnvironment(spec=spec, path=final, manifest=manifest)
+
+
+def shared_pth_line(shared_site_packages: str) -> str:
+    """The ``.pth`` line that shares a site-packages folder, its own ``.pth`` files included.
+
+    ``site`` runs a ``.pth`` line that starts with ``import``; ``addsitedir`` appends the folder to
+    ``sys.path`` after this environment's own site-packages (so its pins still win) and processes
+    the folder's ``.pth`` files (editable installs' path entries and import finders).
+    """
+    return f"import site; site.addsitedir({shared_site_packages!r})\n"
 
 
 def disk_bytes(folder: Path) -> int:
@@ -387,13 +406,11 @@ def environment_spec(name: str, envs_dir: Path | None = None) -> EnvironmentSpec
 
 def declared_environment(adapter_name: str) -> str | None:
     """The environment an adapter declares (its ``environment`` class attribute), if any."""
-    from harness.registry import _load_adapter_class
+    from harness.registry import RegistryError, load_adapter_class
 
     try:
-        loaded = _load_adapter_class(adapter_name)
-    except Exception:  # a broken adapter module fails in its worker, with its own error, as before
-        return None
-    if isinstance(loaded, str):
+        loaded = load_adapter_class(adapter_name)
+    except RegistryError:  # an unknown or broken adapter fails in its worker, with its own error
         return None
     return getattr(loaded, "environment", None)
 

@@ -48,8 +48,9 @@ SAME_RUN_FIELDS = ("task", "options", "seed", "steps", "lr", "precision", "devic
 compared instead of its factors for the single-process partner; spec fields added later that change
 the numbers (compilation, thread layout) join through :func:`same_run_key`."""
 
-NOT_NUMERIC_FIELDS = frozenset({"adapter", "mode", "world_size", "batch_size", "grad_accum", "repeat"})
-"""Spec fields a partner may differ in (everything else must match)."""
+NOT_NUMERIC_FIELDS = frozenset({"adapter", "adapter_code", "mode", "world_size", "batch_size", "grad_accum", "repeat"})
+"""Spec fields a partner may differ in (everything else must match; a plugin adapter's code identity
+goes with the adapter, a plugin task's ``task_code`` must match)."""
 
 PARITY_SCHEMA = "bakeoff.parity/2"
 DECLARED, SINGLE_PROCESS, REPEAT = "declared", "single-process", "repeat"

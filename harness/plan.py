@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from adapters.base import Request
-from harness.registry import RegistryError, adapter_table, get_adapter, get_task
+from harness.registry import RegistryError, adapter_entry, adapter_table, get_adapter, get_task
 from harness.spec import Spec, SpecError
 from kernels.precision import PrecisionError, make_precision
 from tasks.base import Task
@@ -43,8 +43,12 @@ def check_spec(spec: Spec) -> None:
     """Raise SpecError when the spec cannot run on this machine with this registry."""
     try:
         task = get_task(spec.task)
+        # An unknown name is bad input; a registered adapter that cannot load here becomes an
+        # `unsupported` result (unsupported_reason), so one missing library never stops a suite.
+        # A versioned name or an import path must load (a malformed variant, a broken plugin).
         if spec.adapter not in adapter_table():
-            get_adapter(spec.adapter)  # raises with the list of names
+            adapter_entry(spec.adapter)
+            get_adapter(spec.adapter)
     except RegistryError as error:
         raise SpecError(str(error)) from None
     try:

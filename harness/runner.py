@@ -202,6 +202,8 @@ def run_spec(spec: Spec, options: RunOptions, zygotes: zygote.ZygotePool | None 
     With ``zygotes`` (a suite's pool) a single-process spec is forked from the zygote for its
     interpreter; otherwise, or when no zygote can serve, it starts a fresh interpreter.
     """
+    # The worker runs in the repository root: a relative folder must mean the caller's, not that.
+    options = dataclasses.replace(options, results_dir=Path(options.results_dir).absolute())
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = result_path(options.results_dir, spec)
     try:  # an adapter that declares its own environment runs with that environment's python

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from kernels.precision import PRECISIONS
+from kernels.precision_names import PRECISIONS
 
 MODES = ("aligned", "defaults")
 DEVICES = ("cpu", "cuda")
@@ -46,6 +46,7 @@ VERSION_PATTERN = re.compile(
 it becomes a pip pin and a folder name."""
 ADAPTER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_VERSION_LENGTH = 64
+MAX_CODE_LENGTH = 200
 
 
 def split_adapter(name: str) -> tuple[str, str | None]:
@@ -97,6 +98,11 @@ class Spec:
     """torch.use_deterministic_algorithms and cuDNN determinism."""
     repeat: int = 0
     """Repeat index: the same run measured again in a fresh process gets its own id."""
+    task_code: str = ""
+    """A plugin task's code identity (``<distribution>==<version> <source digest>``, see
+    ``harness.plugins``); empty for built-in tasks, whose code the result's git sha names."""
+    adapter_code: str = ""
+    """The same for a plugin adapter (or a user's training function); empty for built-ins."""
 
     def __post_init__(self) -> None:
         for name in ("task", "adapter"):
@@ -141,6 +147,10 @@ class Spec:
             if not isinstance(key, str) or not isinstance(value, (str, int, float, bool, type(None))):
                 raise SpecError(f"task option {key!r} must be a string, number or boolean, got {value!r}")
         object.__setattr__(self, "options", dict(sorted(self.options.items())))
+        for name in ("task_code", "adapter_code"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_CODE_LENGTH or not value.isprintable():
+                raise SpecError(f"{name} must be a short printable string (a plugin code identity), got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -18,6 +18,8 @@ from harness.registry import adapter_names, get_task
 from harness.spec import Spec, SpecError
 
 MAX_SPECS = 20_000
+_MEMO: dict = {}
+"""Plugin code identities while a built-in suite expands (cleared by get_suite)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,10 +37,13 @@ class Suite:
 
 
 def _spec(task: str, adapter: str, device: str, **fields: Any) -> Spec:
+    from harness.plugins import with_code_identity
+
     defaults = get_task(task).defaults
     values = {"batch_size": defaults.batch_size, "steps": defaults.steps, "lr": defaults.lr}
     values.update(fields)
-    return Spec(task=task, adapter=adapter, device=device, **values)
+    # Built-in suites list every installed adapter: one that cannot load becomes `unsupported`.
+    return with_code_identity(Spec(task=task, adapter=adapter, device=device, **values), strict=False, memo=_MEMO)
 
 
 def adapter_modes(adapters: list[str]) -> list[tuple[str, str]]:
@@ -167,6 +172,7 @@ def suite_names() -> list[str]:
 def get_suite(name: str, device: str) -> Suite:
     if name not in BUILTIN:
         raise SpecError(f"unknown suite {name!r}; choose one of: {', '.join(suite_names())} (or --suite-file)")
+    _MEMO.clear()  # identify plugin code as it is now, not as it was at the last expansion
     return BUILTIN[name](device)
 
 
@@ -203,7 +209,8 @@ def load_suite_file(path: Path, device: str) -> Suite:
     runs = document.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
         raise SpecError("suite file needs at least one [[runs]] table")
-    cells = [expand_run(run, device) for run in runs]
+    memo: dict = {}
+    cells = [expand_run(run, device, memo=memo) for run in runs]
     specs = _interleave(cells, repeats)
     if len(specs) > MAX_SPECS:
         raise SpecError(f"suite expands to {len(specs)} runs, over the limit of {MAX_SPECS}")
@@ -237,7 +244,7 @@ def _axes(table: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
-def expand_run(run: Mapping[str, Any], device: str) -> list[Spec]:
+def expand_run(run: Mapping[str, Any], device: str, *, memo: dict | None = None) -> list[Spec]:
     run = dict(run)
     options = run.pop("options", {})
     if not isinstance(options, dict):
@@ -257,8 +264,15 @@ def expand_run(run: Mapping[str, Any], device: str) -> list[Spec]:
             values = {"batch_size": defaults.batch_size, "steps": defaults.steps, "lr": defaults.lr, "device": device}
             values.update(fields)
             values["options"] = option_values
-            specs.append(Spec.from_dict(values))
+            specs.append(_identified(Spec.from_dict(values), {} if memo is None else memo))
     return specs
+
+
+def _identified(spec: Spec, memo: dict) -> Spec:
+    """A suite file's spec with its plugins' code identities; a plugin named there that cannot load is bad input."""
+    from harness.plugins import with_code_identity
+
+    return with_code_identity(spec, memo=memo)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

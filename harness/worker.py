@@ -32,9 +32,10 @@ from adapters.base import Adapter, Job, Unsupported  # noqa: E402
 from harness import environment  # noqa: E402
 from harness.durations import after_warmup, step_durations_ns  # noqa: E402
 from harness.plan import request_for  # noqa: E402
+from harness.plugins import verify as verify_plugin_code  # noqa: E402
 from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
-from harness.registry import get_adapter, get_task  # noqa: E402
+from harness.registry import adapter_identity, get_adapter, get_task, task_data_problem, task_identity  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
 from harness.spec import Spec  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
@@ -181,6 +182,17 @@ def adapter_record(adapter: Adapter) -> dict[str, Any]:
     return record
 
 
+def plugin_identities(spec: Spec) -> dict[str, Any]:
+    """The code identities of the spec's plugin task and adapter as this worker imports them.
+
+    Raises PluginCodeMismatch when they are not what the spec names: the result must be of the
+    code its spec id stands for.
+    """
+    identities = {"task": task_identity(spec.task), "adapter": adapter_identity(spec.adapter)}
+    verify_plugin_code(spec, identities["task"], identities["adapter"])
+    return identities
+
+
 def build_job(spec: Spec, task, context: DistContext, probe: Probe, *, workdir: Path) -> Job:
     """The job an adapter trains: the task's data and seeded model, the harness sampler, precision, probe.
 
@@ -275,8 +287,21 @@ def run(
             raise Unsupported(reason)
         result["adapter"] = adapter_record(adapter)
         result["declared_parity"] = adapter.expected_parity(request)
+        plugin_code = plugin_identities(spec)
+        if plugin_code["adapter"]:
+            result["adapter"]["plugin"] = plugin_code["adapter"].record()
         job = build_job(spec, task, context, probe, workdir=results_dir / "work" / spec.spec_id)
+        problem = task_data_problem(job.data)
+        if problem:
+            raise ValueError(f"task {spec.task!r}: {problem}")
         result["task"] = task_record(job)
+        if plugin_code["task"]:
+            result["task"]["plugin"] = plugin_code["task"].record()
+        # Facts known only once the data is built (e.g. an input shape the task did not declare)
+        # may still make the adapter refuse: before training, with its reason.
+        reason = adapter.check(job.request)
+        if reason:
+            raise Unsupported(reason)
         eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it
         if eval_every:
             probe.evaluate_every(eval_every, lambda: evaluate(job))

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
+from kernels.precision_names import PRECISIONS
 
 
 class PrecisionError(ValueError):

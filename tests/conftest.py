@@ -83,9 +83,7 @@ def plugin_env(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGINS))
     from harness import registry
 
-    registry.adapter_table.cache_clear()
-    registry._load_adapter_class.cache_clear()
+    registry.clear_caches()
     yield
-    registry.adapter_table.cache_clear()
-    registry._load_adapter_class.cache_clear()
+    registry.clear_caches()
     _ = sys

@@ -165,3 +165,23 @@ def test_another_keras_backend_is_refused_clearly():
     )
     assert completed.returncode != 0
     assert "needs KERAS_BACKEND=torch (it is set to 'jax')" in completed.stderr
+
+
+class ShapelessDigits(type(get_task("digits"))):
+    """digits as a task that does not declare its input shape (as a plugin author might write it)."""
+
+    def build_data(self, options):
+        data = super().build_data(options)
+        data.inferable = replace(data.inferable, input_shape=None)
+        return data
+
+
+def test_a_task_without_an_input_shape_is_refused_before_training_with_the_reason(inline):
+    spec = replace(task_spec("digits", adapter="keras"), task="tests.adapters.test_keras:ShapelessDigits")
+    assert unsupported_reason(spec) is None  # the shape is only known once the data is built
+    result = inline(spec)
+    assert result["status"] == "unsupported"
+    assert "declares none: set Inferable(input_shape=...)" in result["error"]
+    assert result["trajectory"]["losses"] == []
+    defaults = inline(replace(spec, mode="defaults"))  # Keras' own fit infers the shape from the tensors
+    assert defaults["status"] == "ok", defaults["error"]

@@ -1,0 +1,1 @@
+"""A user's package: two training loops they want to keep honest."""
