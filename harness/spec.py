@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kernels.precision import PRECISIONS
@@ -18,6 +19,10 @@ SPEC_VERSION = 1
 
 # Upper bounds that catch typos (steps=1e9) before they occupy a machine for a week.
 LIMITS = {"steps": 1_000_000, "batch_size": 1_000_000, "grad_accum": 1024, "world_size": 1024, "repeat": 10_000}
+MAX_THREADS = 1024
+
+THREADS_ENV = "BAKEOFF_THREADS_PER_RANK"
+"""Where a user sets the thread layout for a whole session; the CLI and suites resolve it into each spec."""
 
 
 FIRST_VERSION_FIELDS = frozenset({
@@ -97,6 +102,9 @@ class Spec:
     """torch.use_deterministic_algorithms and cuDNN determinism."""
     repeat: int = 0
     """Repeat index: the same run measured again in a fresh process gets its own id."""
+    threads: int | None = None
+    """Intra-op CPU threads per rank; None: the automatic split (CPU cores // ranks on the node).
+    CPU float reductions depend on the thread count, so the layout is part of the run's identity."""
 
     def __post_init__(self) -> None:
         for name in ("task", "adapter"):
@@ -141,6 +149,10 @@ class Spec:
             if not isinstance(key, str) or not isinstance(value, (str, int, float, bool, type(None))):
                 raise SpecError(f"task option {key!r} must be a string, number or boolean, got {value!r}")
         object.__setattr__(self, "options", dict(sorted(self.options.items())))
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or not 1 <= self.threads <= MAX_THREADS
+        ):
+            raise SpecError(f"threads must be an integer from 1 to {MAX_THREADS} (or unset), got {self.threads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -170,6 +182,8 @@ class Spec:
             parts.append(f"ws{self.world_size}")
         if self.grad_accum > 1:
             parts.append(f"acc{self.grad_accum}")
+        if self.threads is not None:
+            parts.append(f"t{self.threads}")
         parts.append(f"s{self.seed}")
         if self.repeat:
             parts.append(f"r{self.repeat}")
@@ -192,3 +206,24 @@ class Spec:
             return cls(**data)
         except TypeError as error:  # e.g. a non-string key
             raise SpecError(f"invalid spec: {error}") from None
+
+
+def threads_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
+    """The thread count ``BAKEOFF_THREADS_PER_RANK`` asks for, or None when it is unset or empty."""
+    value = (os.environ if environ is None else environ).get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if not 1 <= threads <= MAX_THREADS:
+        raise SpecError(f"{THREADS_ENV}={value!r} must be an integer from 1 to {MAX_THREADS}")
+    return threads
+
+
+def with_threads(spec: Spec, threads: int | None) -> Spec:
+    """``spec`` with ``threads`` filled in where the spec leaves the layout automatic; a spec's own count wins."""
+    if threads is None or spec.threads is not None:
+        return spec
+    return replace(spec, threads=threads)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.registry import adapter_names, get_task
-from harness.spec import Spec, SpecError
+from harness.spec import Spec, SpecError, with_threads
 
 MAX_SPECS = 20_000
 
@@ -143,14 +143,15 @@ def get_suite(name: str, device: str) -> Suite:
     return BUILTIN[name](device)
 
 
-SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "runs"}
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "threads", "runs"}
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
-    """A TOML suite: top-level name/description/warmup/repeats/eval_every and ``[[runs]]`` tables.
+    """A TOML suite: top-level name/description/warmup/repeats/eval_every/threads and ``[[runs]]`` tables.
 
     Each value in a run table may be a list; the run expands to the product of its lists.
     Keys inside ``options`` expand the same way. Missing batch_size/steps/lr come from the task.
+    A top-level ``threads`` is the thread layout of every run that does not set its own.
     """
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -176,7 +177,10 @@ def load_suite_file(path: Path, device: str) -> Suite:
     runs = document.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
         raise SpecError("suite file needs at least one [[runs]] table")
-    cells = [expand_run(run, device) for run in runs]
+    threads = document.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise SpecError(f"suite threads must be a positive integer, got {threads!r}")
+    cells = [[with_threads(spec, threads) for spec in expand_run(run, device)] for run in runs]
     specs = _interleave(cells, repeats)
     if len(specs) > MAX_SPECS:
         raise SpecError(f"suite expands to {len(specs)} runs, over the limit of {MAX_SPECS}")
@@ -223,6 +227,17 @@ def expand_run(run: Mapping[str, Any], device: str) -> list[Spec]:
             values["options"] = option_values
             specs.append(Spec.from_dict(values))
     return specs
+
+
+def with_suite_threads(suite: Suite, threads: int | None) -> Suite:
+    """Every spec of ``suite`` that leaves its thread layout automatic gets ``threads`` (None: no change).
+
+    The command line's ``--threads`` (or ``BAKEOFF_THREADS_PER_RANK``) lands in the specs, and so in
+    their ids: resuming under another layout runs new specs instead of mixing two layouts' results.
+    """
+    if threads is None:
+        return suite
+    return replace(suite, specs=[with_threads(spec, threads) for spec in suite.specs])
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -32,9 +32,9 @@ from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
 from harness.registry import get_adapter, get_task  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
-from harness.spec import Spec  # noqa: E402
+from harness.spec import THREADS_ENV, Spec, SpecError  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
-from kernels.distributed import DistContext, all_reduce_mean, init_from_env, shutdown  # noqa: E402
+from kernels.distributed import DistContext, all_reduce_mean, gather_objects, init_from_env, shutdown  # noqa: E402
 from kernels.precision import make_precision  # noqa: E402
 from kernels.sampling import ShardedBatchSampler, batch_loader  # noqa: E402
 
@@ -116,20 +116,35 @@ def evaluate(job: Job) -> dict[str, float]:
     return {"eval_loss": eval_loss, "eval_metric": metric}
 
 
-def configure_threads(device_type: str) -> None:
-    """Split the cores between local ranks so DDP ranks do not fight over them.
+def configure_threads(device_type: str, threads: int | None = None) -> dict[str, Any]:
+    """Set this rank's intra-op CPU threads: the spec's count, else the cores split between local ranks.
 
-    ``BAKEOFF_THREADS_PER_RANK`` overrides the split (e.g. to emulate one core per node when
-    several "nodes" share a machine); the count used is recorded in the result's environment.
+    CPU float reductions depend on the thread count, so the layout is part of the spec
+    (``Spec.threads``). ``BAKEOFF_THREADS_PER_RANK`` reaches a run only through the spec (the CLI
+    and suites resolve it into ``threads``), so two results with one spec id never ran with
+    different layouts. Returns what was set, for the result.
     """
-    if device_type != "cpu":
-        return
-    override = os.environ.get("BAKEOFF_THREADS_PER_RANK")
-    if override:
-        torch.set_num_threads(max(1, int(override)))
-        return
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if threads is not None:
+        torch.set_num_threads(threads)
+        source = "spec"
+    elif device_type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // local_world))
+        source = f"automatic: {cores} cores // {local_world} local ranks"
+    else:
+        source = "torch default (the run is not on the CPU)"
+    return {"requested": threads, "torch_threads": torch.get_num_threads(), "source": source}
+
+
+def check_thread_layout(spec: Spec) -> None:
+    """Refuse a spec whose automatic layout the environment would silently contradict."""
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override and spec.threads is None:
+        raise SpecError(
+            f"{THREADS_ENV}={override} is set but this spec's thread layout is automatic; put the count in the "
+            f"spec (threads={override}; the bakeoff CLI and suites do this) so its id names the layout it ran with"
+        )
 
 
 class Terminated(Exception):
@@ -216,12 +231,14 @@ def run(
 ) -> dict[str, Any]:
     result = base_result(spec, status="ok")
     result["timing"] = {"launch_wall_ns": launch_wall_ns, "worker_start_wall_ns": WORKER_START_WALL_NS}
-    configure_threads(spec.device)
+    layout = configure_threads(spec.device, spec.threads)
+    result["threads"] = {**layout, "per_rank": None}
     context = init_from_env(spec.device)
     result["_rank"] = context.rank
     probe = Probe(context.device)
     job: Job | None = None
     try:
+        check_thread_layout(spec)
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
         task = get_task(spec.task)
         import_start = time.perf_counter()
@@ -245,6 +262,7 @@ def run(
         trained = adapter.fit(job)
         job.model = trained
         losses = all_reduce_mean(probe.step_losses(), context)
+        result["threads"]["per_rank"] = gather_objects(torch.get_num_threads(), context)
         trajectory = probe.resolve(losses)
         result["trajectory"] = {"step_end_ns": trajectory.step_end_ns, "losses": trajectory.losses}
         if eval_every:
