@@ -105,6 +105,19 @@ class Job:
         )
 
 
+def task_refusal(request: Request) -> str | None:
+    """The task's own declared reason it cannot run this precision on this device, or None."""
+    task = request.task
+    try:
+        options = task.resolve_options(request.options)
+    except ValueError:  # bad options are bad input, refused by the spec checks with their own message
+        return None
+    reason = task.unsupported_reason(options, request.precision, request.device_type)
+    if not reason:
+        return None
+    return f"task {task.name!r} cannot run {request.precision} on {request.device_type}: {reason}"
+
+
 class Unsupported(Exception):
     """Raised by ``Adapter.check`` (or during fit) when the library cannot run this spec."""
 
@@ -131,9 +144,13 @@ class Adapter:
     def check(self, request: Request) -> str | None:
         """Why this adapter cannot run the request, or None when it can. Called before launching.
 
-        The checks every adapter shares run first; then :meth:`refuse`, the adapter's own.
+        The checks every adapter shares run first (what the task itself declares it cannot run
+        comes before anything about the library); then :meth:`refuse`, the adapter's own.
         Subclasses override ``refuse``, not this.
         """
+        task_reason = task_refusal(request)
+        if task_reason:
+            return task_reason
         if request.mode not in self.modes:
             return f"{self.name} has no {request.mode!r} mode (modes: {', '.join(self.modes)})"
         if request.precision not in self.precisions:

@@ -145,6 +145,10 @@ class Task:
     batch_invariant: ClassVar[bool] = True
     """False when the model's math depends on batch composition (BatchNorm, dropout), so
     DDP vs single-process and accumulation vs large batch cannot be compared exactly."""
+    unsupported: ClassVar[Mapping[tuple[str, str], str]] = {}
+    """``(precision, device type)`` → why the task cannot run that combination (e.g. an op with no
+    kernel for that dtype on that device, in plain torch too). Such runs end ``unsupported`` with the
+    reason, checked before launching; options-dependent cases override :meth:`unsupported_reason`."""
 
     loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(cross_entropy)
     metric: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(accuracy)
@@ -168,6 +172,14 @@ class Task:
 
     def validate_options(self, options: Mapping[str, Any]) -> None:
         """Range checks for options; raise ValueError with a one-line message."""
+
+    def unsupported_reason(self, options: Mapping[str, Any], precision: str, device_type: str) -> str | None:
+        """Why this task cannot run ``precision`` on ``device_type`` with these resolved options, or None."""
+        return self.unsupported.get((precision, device_type))
+
+    def is_batch_invariant(self, options: Mapping[str, Any]) -> bool:
+        """``batch_invariant`` for these resolved options (a task whose options add BatchNorm or dropout overrides)."""
+        return self.batch_invariant
 
     def build_data(self, options: Mapping[str, Any]) -> TaskData:
         raise NotImplementedError
