@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from kernels.distributed import DistContext
 from kernels.precision import Precision
-from kernels.sampling import ShardedBatchSampler
+from kernels.sampling import LibrarySamples, ShardedBatchSampler
 from tasks.base import OptimizerRecipe, Task, TaskData
 
 STYLES = ("native", "inheritance", "callback", "high-level")
@@ -52,6 +52,9 @@ class Request:
     device_type: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
     """The task's options as the spec gives them (not yet resolved against the task's defaults)."""
+    traits: frozenset[str] = frozenset()
+    """The model's family traits (``tasks.traits.TRAITS``): declared by the task, plus those the worker
+    detected on the built model. A declaration may depend on them (e.g. ``weight-reuse``)."""
 
 
 @dataclass(kw_only=True)
@@ -87,6 +90,17 @@ class Job:
     """A scratch folder this run may write to (logs, checkpoints of the library's defaults)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What the adapter actually did (precision implementation, sampler used, …): lands in the result."""
+    traits: frozenset[str] = frozenset()
+    """The model's family traits, declared and detected (see ``Request.traits``)."""
+    library_samples: LibrarySamples | None = None
+    """Set by an adapter whose library draws its own batches (``record_library_samples``): the result's
+    sample coverage then comes from what that library fetched instead of the harness sampler."""
+
+    def record_library_samples(self) -> LibrarySamples:
+        """Start recording the samples the library's own loader draws (wrap the data with what this returns)."""
+        if self.library_samples is None:
+            self.library_samples = LibrarySamples()
+        return self.library_samples
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         return self.optimizer.build(params, lr=self.lr)
@@ -102,6 +116,7 @@ class Job:
             grad_accum=self.grad_accum,
             device_type=self.device.type,
             options=self.options,
+            traits=self.traits,
         )
 
 

@@ -210,6 +210,12 @@ class FastaiAdapter(Adapter):
     def expected_parity(self, request: Request) -> str:
         if request.mode != "aligned":
             return "not-comparable"
+        if request.precision != "fp32" and "loss-precision-sensitive" in request.traits:
+            # fastai's MixedPrecision (and CpuBf16, its CPU twin) casts the prediction to fp32 in
+            # after_pred, so the loss runs in fp32 where native runs it on the low-precision logits.
+            # When the loss has ops autocast leaves in low precision (a hand-written log-softmax),
+            # that is another computation: measured diverged from step 1 on families[lowp-loss].
+            return "diverged"
         if request.precision == "fp16-mixed":
             return "close"  # fastai's own GradScaler loop; not measured on CPU
         if request.world_size > 1 and request.grad_accum > 1:
@@ -288,7 +294,8 @@ class FastaiAdapter(Adapter):
         elif name == "bf16-mixed":
             learn.add_cb(CpuBf16())
             job.notes["precision_impl"] = (
-                "bakeoff CpuBf16 callback (CPU autocast bf16; fastai's MixedPrecision is CUDA-only)"
+                "bakeoff CpuBf16 callback: torch.autocast(cpu, bfloat16, cache_enabled=True) from before_batch to "
+                "after_loss, prediction cast to fp32 in after_pred (fastai's MixedPrecision is CUDA-only)"
             )
         else:
             raise Unsupported(f"{name} needs CUDA with fastai")

@@ -121,6 +121,12 @@ class HFTrainerAdapter(Adapter):
         # autocasts only the forward and casts the logits to fp32, the loss then runs in fp32, which
         # is what CPU autocast does to cross_entropy in the native loop anyway. fp16 (CUDA only)
         # was not measured here; GradScaler schedules may differ, so only "close" is declared.
+        # That bf16 argument holds only for a loss autocast runs in fp32 anyway: a loss with ops
+        # autocast leaves in low precision (a hand-written log-softmax on the logits) runs in bf16 in
+        # native and in fp32 here, another computation (measured diverged from step 1 on
+        # families[lowp-loss]).
+        if request.precision != "fp32" and "loss-precision-sensitive" in request.traits:
+            return "diverged"
         return "close" if request.precision == "fp16-mixed" else "bitwise"
 
     def training_arguments(self, job: Job) -> TrainingArguments:
@@ -193,10 +199,12 @@ class HFTrainerAdapter(Adapter):
         if precision == "no":
             job.notes["precision_impl"] = "fp32"
         else:
+            handler = getattr(accelerator, "autocast_handler", None)
+            cache = getattr(handler, "cache_enabled", None)
             job.notes["precision_impl"] = (
-                f"Trainer {precision}=True: accelerate torch.autocast({accelerator.device.type}, "
-                f"{precision}) around model.forward, outputs cast to fp32, loss outside autocast"
-                + (", GradScaler" if accelerator.scaler is not None else "")
+                f"Trainer {precision}=True: accelerate torch.autocast({accelerator.device.type}, {precision}, "
+                f"cache_enabled={'True (torch default)' if cache is None else cache}) around model.forward, "
+                "outputs cast to fp32, loss outside autocast" + (", GradScaler" if accelerator.scaler is not None else "")
             )
         optimizer = type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__
         if aligned:

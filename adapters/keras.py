@@ -245,7 +245,8 @@ class KerasAdapter(Adapter):
         job.notes.update(
             {
                 "precision_impl": (
-                    f"torch.autocast ({job.precision.name}) inside the Keras train_step"
+                    f"torch.autocast({job.device.type}, {str(job.precision.autocast_dtype).removeprefix('torch.')}, "
+                    "cache_enabled=True) around forward + loss inside the Keras train_step"
                     if job.precision.autocast_dtype
                     else "fp32"
                 ),
@@ -261,13 +262,13 @@ class KerasAdapter(Adapter):
     def _fit_defaults(self, job: Job) -> None:
         model = TaskModel(job.model)
         optimizer, arguments = keras_optimizer(job.optimizer, job.lr, job.grad_accum)
-        if job.task.loss is cross_entropy:
+        if job.loss is cross_entropy:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             loss_note = "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
         else:
 
             def loss(y_true, y_pred):
-                return job.task.loss(y_pred, y_true)
+                return job.loss(y_pred, y_true)
 
             loss_note = "task loss (torch) as a Keras loss function"
         model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])

@@ -64,7 +64,10 @@ def test_aligned_fp32_is_bitwise_on_every_task(inline, task, lr, batch_size):
 def test_aligned_bf16_mixed_is_bitwise(inline, task, lr):
     """Lightning autocasts training_step (forward + loss) like the native loop: no drift at all."""
     native, lightning = pair(inline, task=task, precision="bf16-mixed", steps=10, lr=lr, batch_size=32)
-    assert "torch.autocast(cpu, bfloat16)" in lightning["notes"]["precision_impl"]
+    assert "torch.autocast(cpu, bfloat16, cache_enabled=" in lightning["notes"]["precision_impl"]
+    observed = lightning["notes"]["autocast"]  # what the model's forward actually ran under
+    assert observed["enabled"] and observed["dtype"] == "bfloat16"
+    assert f"cache_enabled={observed['cache_enabled']}" in lightning["notes"]["precision_impl"]
     verdict = compare_files(native, lightning, inline.results_dir)
     assert verdict.verdict == "bitwise", verdict.describe()
     assert declared(lightning["spec"]) == verdict.verdict
