@@ -204,7 +204,8 @@ class HFTrainerAdapter(Adapter):
             job.notes["precision_impl"] = (
                 f"Trainer {precision}=True: accelerate torch.autocast({accelerator.device.type}, {precision}, "
                 f"cache_enabled={'True (torch default)' if cache is None else cache}) around model.forward, "
-                "outputs cast to fp32, loss outside autocast" + (", GradScaler" if accelerator.scaler is not None else "")
+                "outputs cast to fp32, loss outside autocast"
+                + (", GradScaler" if accelerator.scaler is not None else "")
             )
         optimizer = type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__
         if aligned:
