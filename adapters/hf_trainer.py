@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, get_consta
 from transformers.trainer_callback import PrinterCallback
 
 from adapters.base import Adapter, Job, Request
+from kernels.sampling import base_sampler
 
 INPUTS, LABELS = "inputs", "labels"
 """Batch keys. ``labels`` is the Trainer's conventional name for targets."""
@@ -164,6 +165,7 @@ class HFTrainerAdapter(Adapter):
     def fit(self, job: Job) -> nn.Module:
         args = self.training_arguments(job)
         aligned = job.mode == "aligned"
+        train_dataset = job.data.train
         if aligned:
             optimizer = job.make_optimizer(job.model.parameters())
             optimizers = (optimizer, get_constant_schedule(optimizer))
@@ -172,11 +174,12 @@ class HFTrainerAdapter(Adapter):
             )
         else:
             optimizers, harness_loader = (None, None), None
+            train_dataset = job.record_library_samples().dataset(job.data.train)  # coverage of its own loader
         trainer = TaskTrainer(
             model=job.model,
             args=args,
             data_collator=collate_samples,
-            train_dataset=job.data.train,
+            train_dataset=train_dataset,
             eval_dataset=job.data.valid,
             optimizers=optimizers,
             callbacks=[ProbeCallback(job.probe)],
@@ -217,7 +220,14 @@ class HFTrainerAdapter(Adapter):
         if aligned:
             job.notes["sampler"] = "harness ShardedBatchSampler (get_train_dataloader override)"
         else:
-            job.notes["sampler"] = f"Trainer's own: {describe_sampler(trainer.callback_handler.train_dataloader)}"
+            loader = trainer.callback_handler.train_dataloader
+            job.notes["sampler"] = f"Trainer's own: {describe_sampler(loader)}"
+            samples = job.library_samples
+            samples.describe_torch_sampler(base_sampler(loader), job.seed)
+            samples.sampler = f"{describe_sampler(loader)}: {samples.sampler}"
+            samples.batches_per_epoch = len(loader)
+            if samples.follows_spec_seed and "initial_seed" in samples.sampler:
+                samples.seed_source += ": torch.random.initial_seed() after Trainer's set_seed(args.seed = spec seed)"
         job.notes["distributed"] = _value(accelerator.distributed_type)
         job.notes["optimizer_steps"] = trainer.state.global_step
         job.notes["inferred"] = "nothing: the Trainer takes a built model; num_labels is a config value, not inferred"

@@ -16,16 +16,22 @@ Lightning's own options, as a Lightning user would write it:
 Lightning would swap in its own shuffling ``DistributedSampler`` under DDP) and switches off
 everything the native loop does not do: sanity validation, progress bar, logger,
 checkpointing, model summary. ``defaults`` is the Trainer as a new user gets it, with a
-shuffling ``DataLoader`` and a validation loader, so the report can show what that costs.
+shuffling ``DataLoader`` and a validation loader, so the report can show what that costs, and
+``L.seed_everything(seed)`` first, as Lightning's reproducibility docs tell users (the seed of
+the ``DistributedSampler`` it injects under DDP comes from there). The samples Lightning's own
+loader draws are recorded at dataset access for the result's coverage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from adapters.base import Adapter, Job, Request
 from adapters.trainer_common import (
@@ -117,6 +123,28 @@ class ProbeCallback(L.Callback):
         return int((scales[1:] < scales[:-1]).sum())
 
 
+@contextlib.contextmanager
+def seeded_like_a_lightning_user(seed: int):
+    """``L.seed_everything(seed)``, as Lightning's docs tell users to do before building the Trainer.
+
+    Without it the ``DistributedSampler`` Lightning injects under DDP takes its seed from
+    ``PL_GLOBAL_SEED``, unset, so 0: every spec seed would train on the same data order. The
+    variable is put back afterwards so an in-process run leaves no trace in the next one.
+    """
+    previous = os.environ.get("PL_GLOBAL_SEED")
+    if "verbose" in inspect.signature(L.seed_everything).parameters:  # Lightning >= 2.2 logs the seed unless told
+        L.seed_everything(seed, verbose=False)
+    else:
+        L.seed_everything(seed)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PL_GLOBAL_SEED", None)
+        else:
+            os.environ["PL_GLOBAL_SEED"] = previous
+
+
 class LightningAdapter(Adapter):
     name = "lightning"
     style = "inheritance"
@@ -167,11 +195,18 @@ class LightningAdapter(Adapter):
             trainer.fit(module, train_dataloaders=job.train_loader)
             job.notes["sampler"] = f"harness {type(job.sampler).__name__} (use_distributed_sampler=False)"
         else:
+            samples = job.record_library_samples()
             module = TaskModule(job, log_metrics=True)
-            trainer = L.Trainer(**options, callbacks=[probe_callback])
-            train_loader = DataLoader(job.data.train, batch_size=job.batch_size, shuffle=True)
-            valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader)
+            with seeded_like_a_lightning_user(job.seed):
+                trainer = L.Trainer(**options, callbacks=[probe_callback])
+                train_loader = DataLoader(samples.dataset(job.data.train), batch_size=job.batch_size, shuffle=True)
+                valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
+                trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader)
+            samples.describe_torch_sampler(trainer.train_dataloader.sampler, job.seed)
+            samples.batches_per_epoch = int(trainer.num_training_batches)
+            if samples.follows_spec_seed and isinstance(trainer.train_dataloader.sampler, DistributedSampler):
+                samples.seed_source += ", from PL_GLOBAL_SEED, set by L.seed_everything(spec seed)"
+            job.notes["seed_everything"] = job.seed
             job.notes["sampler"] = type(trainer.train_dataloader.sampler).__name__
             job.notes.update(defaults_notes(trainer))
             job.notes["checkpoint"] = (

@@ -118,7 +118,7 @@ class SampleLog:
     Two ways in, depending on how the library fetches: ``record_batch`` when one call fetches a
     whole batch (a torch DataLoader calling ``__getitems__``, Keras slicing its arrays); or the
     library's index stream per epoch (``start_epoch``) plus the size of each batch it trained
-    (``end_batch``), for loaders that fetch sample by sample in worker processes (fastai).
+    (``batch_trained``), for loaders that fetch sample by sample in worker processes (fastai).
     """
 
     def __init__(self) -> None:
@@ -136,13 +136,20 @@ class SampleLog:
         self.epoch_orders.append([int(i) for i in order])
         self.epoch_batch_sizes.append([])
 
-    def end_batch(self, size: int) -> None:
+    def batch_trained(self, size: int) -> None:
+        """The library is about to train its next batch, of ``size`` samples (stream-level records)."""
         if self.epoch_batch_sizes:
             self.epoch_batch_sizes[-1].append(int(size))
 
+    def discard(self) -> None:
+        """Forget what was fetched so far (e.g. the batch Keras fetches to build the model before training)."""
+        self.ids = array("q")
+        self.batch_ends = array("q")
+        self.epoch_orders, self.epoch_batch_sizes = [], []
+
     def fetched_batches(self) -> list[list[int]]:
         """Batch-level records, in fetch order."""
-        starts = [0, *self.batch_ends[:-1]]
+        starts = [0, *self.batch_ends][:-1]
         return [self.ids[start:end].tolist() for start, end in zip(starts, self.batch_ends, strict=True)]
 
     def epoch_streams(self) -> list[list[list[int]]]:
@@ -207,6 +214,52 @@ def recording_tensor(tensor: torch.Tensor, log: SampleLog) -> IndexRecordingTens
     return recording
 
 
+def base_sampler(loader: DataLoader):
+    """The index sampler at the bottom of a (possibly wrapped) DataLoader's batch sampler chain."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    while batch_sampler is not None and getattr(batch_sampler, "batch_sampler", None) is not None:
+        batch_sampler = batch_sampler.batch_sampler  # e.g. accelerate's BatchSamplerShard around a BatchSampler
+    return getattr(batch_sampler, "sampler", None) or getattr(loader, "sampler", None)
+
+
+def sampler_origin(sampler, spec_seed: int) -> tuple[str, bool | None, str]:
+    """``(description, follows the spec seed?, where its order comes from)`` for a torch sampler a library built.
+
+    "Follows" means the order is a function of the spec's seed: a sampler seeded with exactly the
+    spec seed (the library's seed comes from it: ``seed_everything``, ``set_seed``), or one drawing
+    its seed from torch's global RNG, which the worker seeds from the spec seed.
+    """
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+
+    name = type(sampler).__name__
+    if isinstance(sampler, DistributedSampler):
+        description = (
+            f"{name}(num_replicas={sampler.num_replicas}, shuffle={sampler.shuffle}, seed={sampler.seed}, "
+            f"drop_last={sampler.drop_last})"
+        )
+        if not sampler.shuffle:
+            return description, False, "no shuffling: the data set's own order"
+        return (
+            description,
+            sampler.seed == spec_seed,
+            f"its seed argument ({sampler.seed}); one permutation per epoch from (seed, epoch)",
+        )
+    if isinstance(sampler, RandomSampler):
+        initial = getattr(sampler, "initial_seed", None)  # accelerate's SeedableRandomSampler
+        if initial is not None:
+            return f"{name}(initial_seed={initial})", initial == spec_seed, f"its initial_seed ({initial}) + epoch"
+        if sampler.generator is None:
+            return (
+                f"{name}(generator=None)",
+                True,
+                "a seed drawn from torch's global RNG as each epoch starts (the worker seeds it from the spec seed)",
+            )
+        return f"{name}(generator=<library's>)", None, "a generator the library made (not traced to the spec seed)"
+    if isinstance(sampler, SequentialSampler):
+        return name, False, "no shuffling: the data set's own order"
+    return name, None, f"not known for a {name}"
+
+
 @dataclass(kw_only=True)
 class LibrarySamples:
     """What an adapter whose library draws its own batches tells the harness about them.
@@ -231,3 +284,7 @@ class LibrarySamples:
 
     def tensor(self, tensor: torch.Tensor) -> IndexRecordingTensor:
         return recording_tensor(tensor, self.log)
+
+    def describe_torch_sampler(self, sampler, spec_seed: int) -> None:
+        """Fill ``sampler``/``follows_spec_seed``/``seed_source`` from a torch sampler the library built."""
+        self.sampler, self.follows_spec_seed, self.seed_source = sampler_origin(sampler, spec_seed)
