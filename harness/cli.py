@@ -246,6 +246,10 @@ def one_line(result: dict[str, Any]) -> str:
         if "eval_metric" in summary:
             parts.append(f"{metric} {summary['eval_metric']:.4f}")
         parts.append(f"weights {str(result.get('weights_digest'))[:16]}")
+        if "coverage" in result:
+            from harness.coverage import describe
+
+            parts.append(f"samples {describe(result['coverage'])}")
     else:
         parts.append(str(result.get("error")))
     return " | ".join(parts)

@@ -89,6 +89,9 @@ def quick(device: str) -> Suite:
     cells.append([_spec("digits", a, device, mode=m, world_size=2, batch_size=32) for a, m in aligned])
     cells.append([_spec("tabular", a, device, mode=m) for a, m in aligned])
     cells.append([_spec("charlm", a, device, mode=m) for a, m in aligned])
+    # A weight reused within one forward pass under bf16 autocast: Lightning >= 2.6 re-casts it at every use.
+    recurrent = {"family": "recurrent"}
+    cells.append([_spec("families", a, device, mode=m, precision="bf16-mixed", options=recurrent) for a, m in aligned])
     for width in (32, 256, 1024):
         cells.append([_spec("scaling", a, device, mode=m, options={"width": width}) for a, m in aligned])
     return Suite(name="quick", description=quick.__doc__, specs=_interleave(cells, 1), eval_every=10)
@@ -111,6 +114,13 @@ def standard(device: str) -> Suite:
         cells.append([_spec(task, a, device, mode=m, steps=steps, precision="bf16-mixed") for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, world_size=2, batch_size=32) for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, grad_accum=2, batch_size=32) for a, m in aligned])
+    # The libraries' own samplers under DDP (padding, even_batches): what the coverage column shows.
+    defaults = [(a, m) for a, m in pairs if m == "defaults"]
+    cells.append([_spec("tabular", a, device, mode=m, world_size=2, batch_size=32) for a, m in defaults])
+    # Model families where declarations depend on the model: weight reuse, a loss that reads bf16 logits.
+    for family in ("recurrent", "lowp-loss"):
+        options = {"family": family}
+        cells.append([_spec("families", a, device, mode=m, precision="bf16-mixed", options=options) for a, m in aligned])
     for width in (16, 64, 256, 1024, 2048):
         cells.append([_spec("scaling", a, device, mode=m, steps=200, options={"width": width}) for a, m in aligned])
     return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3, eval_every=10)

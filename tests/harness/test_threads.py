@@ -100,3 +100,15 @@ def test_worker_refuses_an_automatic_spec_under_a_contradicting_environment(inli
     assert result["status"] == "failed"
     assert f"{THREADS_ENV}=1 is set but this spec's thread layout is automatic" in result["error"]
     assert result["trajectory"]["losses"] == []  # refused before training
+
+
+def test_thread_layout_of_a_result_old_and_new():
+    from harness.layout import same_thread_layout, thread_layout
+
+    new = {"spec": {"world_size": 2}, "threads": {"per_rank": [1, 1]}, "environment": {"torch_threads": 1}}
+    other = {"spec": {"world_size": 2}, "threads": {"per_rank": [2, 2]}}
+    old = {"spec": {"world_size": 2}, "environment": {"torch_threads": 1}}  # before per-rank counts were kept
+    assert thread_layout(new) == (1, 1) and thread_layout(old) == (1, None)
+    assert thread_layout({"spec": {"world_size": 1}}) is None
+    assert same_thread_layout(new, dict(new)) is True and same_thread_layout(new, other) is False
+    assert same_thread_layout(new, old) is None  # unknown is not "the same"
