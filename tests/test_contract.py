@@ -21,6 +21,7 @@ from harness.plan import request_for
 from harness.registry import RegistryError, adapter_names, get_adapter
 from harness.result import validate_result
 from harness.spec import Spec
+from harness.suites import VERSION_MATRIX
 from harness.worker import run_inline
 from tasks.families import FAMILIES
 
@@ -154,8 +155,12 @@ def family_folder(tmp_path_factory):
     return tmp_path_factory.mktemp("families")
 
 
+# The older library releases the standard suite runs (each in its own environment: slow).
+VERSIONED_ADAPTERS = [pytest.param(name, marks=pytest.mark.slow) for name in VERSION_MATRIX]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("adapter_name", OTHER_ADAPTERS)
+@pytest.mark.parametrize("adapter_name", OTHER_ADAPTERS + VERSIONED_ADAPTERS)
 def test_declared_parity_holds_on_every_model_family(adapter_name, family, family_folder):
     """Each adapter's declaration, for each family's traits, is the verdict it gets: fp32 and bf16-mixed."""
     adapter = get_adapter(adapter_name)
