@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a data path, not a kernel)")
     args = parser.parse_args(argv)
     if args.rounds < 5 or args.epochs < 1 or args.batch_size < 1 or args.samples < args.batch_size:
-        print("python -m harness.coverage_cost: error: need --rounds >= 5, --epochs >= 1, samples >= batch", file=sys.stderr)
+        message = "need --rounds >= 5, --epochs >= 1 and at least one batch of samples"
+        print(f"python -m harness.coverage_cost: error: {message}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     figures = measure(samples=args.samples, batch_size=args.batch_size, epochs=args.epochs, rounds=args.rounds)

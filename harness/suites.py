@@ -120,7 +120,9 @@ def standard(device: str) -> Suite:
     # Model families where declarations depend on the model: weight reuse, a loss that reads bf16 logits.
     for family in ("recurrent", "lowp-loss"):
         options = {"family": family}
-        cells.append([_spec("families", a, device, mode=m, precision="bf16-mixed", options=options) for a, m in aligned])
+        cells.append(
+            [_spec("families", a, device, mode=m, precision="bf16-mixed", options=options) for a, m in aligned]
+        )
     for width in (16, 64, 256, 1024, 2048):
         cells.append([_spec("scaling", a, device, mode=m, steps=200, options={"width": width}) for a, m in aligned])
     return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3, eval_every=10)

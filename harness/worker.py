@@ -384,7 +384,9 @@ def run(
         job = build_job(spec, task, context, probe, workdir=results_dir / "work" / spec.spec_id)
         result["task"] = task_record(job)
         result["task"]["traits"] = model_traits(job)
-        result["expected_parity"] = adapter.expected_parity(job.request)
+        # Declared again with the traits detected on the built model (a plugin task may declare none),
+        # here where the library version that runs is imported.
+        result["declared_parity"] = adapter.expected_parity(job.request)
         autocast = AutocastObserver(job.model, job.device.type)
         eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it
         if eval_every:

@@ -99,7 +99,7 @@ def check_schema(result: dict) -> None:
     assert autocast["enabled"] is mixed, autocast
     if mixed:
         assert autocast["dtype"] == "bfloat16" and isinstance(autocast["cache_enabled"], bool), autocast
-    assert result["expected_parity"] in ("bitwise", "close", "diverged", "not-comparable")
+    assert result["declared_parity"] in ("bitwise", "close", "diverged", "not-comparable")
     assert result["task"]["traits"]["undetermined"] == {}, result["task"]["traits"]
     assert result["coverage"]["recorded"], result["coverage"]
     assert len(result["weights_digest"]) == 64
@@ -130,7 +130,7 @@ def test_declared_parity_holds_and_reruns_are_identical(adapter_name, tmp_path_f
         assert again["weights_digest"] == first["weights_digest"]
         assert again["trajectory"]["losses"] == first["trajectory"]["losses"]
         declared = adapter.expected_parity(request_for(spec))
-        assert first["expected_parity"] == declared  # the worker's declaration (detected traits) agrees
+        assert first["declared_parity"] == declared  # the worker's declaration (detected traits) agrees
         verdict = compare_files(native, first, folder)
         assert verdict.verdict == declared, verdict.describe()
         assert first["coverage"]["order"]["digest"] == native["coverage"]["order"]["digest"]  # the same batches
@@ -175,7 +175,7 @@ def test_declared_parity_holds_on_every_model_family(adapter_name, family, famil
         assert native["status"] == "ok" and result["status"] == "ok", (native["error"], result["error"])
         check_schema(result)
         declared = adapter.expected_parity(request_for(spec))
-        assert result["expected_parity"] == declared, f"{spec.label}: worker and orchestrator declare differently"
+        assert result["declared_parity"] == declared, f"{spec.label}: worker and orchestrator declare differently"
         verdict = compare_files(native, result, family_folder)
         assert verdict.verdict == declared, f"{spec.label}: declared {declared}, got {verdict.describe()}"
 
