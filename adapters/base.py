@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from kernels.distributed import DistContext
 from kernels.precision import Precision
-from kernels.sampling import ShardedBatchSampler
+from kernels.sampling import LibrarySamples, ShardedBatchSampler
 from tasks.base import Inferable, OptimizerRecipe, Task, TaskData
 
 STYLES = ("native", "inheritance", "callback", "high-level")
@@ -55,6 +55,9 @@ class Request:
     inferable: Inferable | None = None
     """What the task's data declares (input shape, classes), once the data is built; None before.
     ``refuse`` may turn down a request on it (the worker checks again right before training)."""
+    traits: frozenset[str] = frozenset()
+    """The model's family traits (``tasks.traits.TRAITS``): declared by the task, plus those the worker
+    detected on the built model. A declaration may depend on them (e.g. ``weight-reuse``)."""
 
 
 @dataclass(kw_only=True)
@@ -90,6 +93,17 @@ class Job:
     """A scratch folder this run may write to (logs, checkpoints of the library's defaults)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What the adapter actually did (precision implementation, sampler used, …): lands in the result."""
+    traits: frozenset[str] = frozenset()
+    """The model's family traits, declared and detected (see ``Request.traits``)."""
+    library_samples: LibrarySamples | None = None
+    """Set by an adapter whose library draws its own batches (``record_library_samples``): the result's
+    sample coverage then comes from what that library fetched instead of the harness sampler."""
+
+    def record_library_samples(self) -> LibrarySamples:
+        """Start recording the samples the library's own loader draws (wrap the data with what this returns)."""
+        if self.library_samples is None:
+            self.library_samples = LibrarySamples()
+        return self.library_samples
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         return self.optimizer.build(params, lr=self.lr)
@@ -106,7 +120,21 @@ class Job:
             device_type=self.device.type,
             options=self.options,
             inferable=self.data.inferable,
+            traits=self.traits,
         )
+
+
+def task_refusal(request: Request) -> str | None:
+    """The task's own declared reason it cannot run this precision on this device, or None."""
+    task = request.task
+    try:
+        options = task.resolve_options(request.options)
+    except ValueError:  # bad options are bad input, refused by the spec checks with their own message
+        return None
+    reason = task.unsupported_reason(options, request.precision, request.device_type)
+    if not reason:
+        return None
+    return f"task {task.name!r} cannot run {request.precision} on {request.device_type}: {reason}"
 
 
 class Unsupported(Exception):
@@ -135,9 +163,13 @@ class Adapter:
     def check(self, request: Request) -> str | None:
         """Why this adapter cannot run the request, or None when it can. Called before launching.
 
-        The checks every adapter shares run first; then :meth:`refuse`, the adapter's own.
+        The checks every adapter shares run first (what the task itself declares it cannot run
+        comes before anything about the library); then :meth:`refuse`, the adapter's own.
         Subclasses override ``refuse``, not this.
         """
+        task_reason = task_refusal(request)
+        if task_reason:
+            return task_reason
         if request.mode not in self.modes:
             return f"{self.name} has no {request.mode!r} mode (modes: {', '.join(self.modes)})"
         if request.precision not in self.precisions:

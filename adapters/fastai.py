@@ -82,6 +82,33 @@ class HarnessProbe(Callback):
             raise CancelFitException()
 
 
+class SampleOrder(Callback):
+    """Records the samples fastai's own loader trains on, for the result's coverage.
+
+    fastai fetches items in its loader's worker processes, so nothing seen there reaches the
+    main process; what does is the epoch's index list, which ``DataLoader.get_idxs`` computes in
+    the main process (fastai lets any of its loader methods be replaced per instance), and each
+    training batch's size, seen here in ``before_batch``. Batch j of an epoch is the next slice
+    of that list (fastai cuts it into consecutive batches, in order, whatever the workers).
+    """
+
+    run_valid = False
+
+    def __init__(self, log, loader) -> None:
+        self.log = log
+        compute = loader.get_idxs
+
+        def get_idxs():
+            indices = compute()
+            log.start_epoch(indices)
+            return indices
+
+        loader.get_idxs = get_idxs
+
+    def before_batch(self) -> None:
+        self.log.batch_trained(len(self.learn.yb[0]) if self.learn.yb else len(self.learn.xb[0]))
+
+
 class SkipValidation(Callback):
     """Cancel the validation pass (before TrainEvalCallback switches the model to eval mode)."""
 
@@ -210,6 +237,12 @@ class FastaiAdapter(Adapter):
     def expected_parity(self, request: Request) -> str:
         if request.mode != "aligned":
             return "not-comparable"
+        if request.precision != "fp32" and "loss-precision-sensitive" in request.traits:
+            # fastai's MixedPrecision (and CpuBf16, its CPU twin) casts the prediction to fp32 in
+            # after_pred, so the loss runs in fp32 where native runs it on the low-precision logits.
+            # When the loss has ops autocast leaves in low precision (a hand-written log-softmax),
+            # that is another computation: measured diverged from step 1 on families[lowp-loss].
+            return "diverged"
         if request.precision == "fp16-mixed":
             return "close"  # fastai's own GradScaler loop; not measured on CPU
         if request.world_size > 1 and request.grad_accum > 1:
@@ -271,8 +304,24 @@ class FastaiAdapter(Adapter):
         )
         job.notes["not_comparable"] = "fastai defaults mode uses fastai's shuffled loaders and fastai's optimizer"
         metrics = job.task.metric if job.task.metric_from_loss is None else None
+        samples = job.record_library_samples()
         learn = Learner(
-            dls, job.model, loss_func=job.loss, opt_func=opt_func, lr=job.lr, path=job.workdir, metrics=metrics
+            dls,
+            job.model,
+            loss_func=job.loss,
+            opt_func=opt_func,
+            lr=job.lr,
+            path=job.workdir,
+            metrics=metrics,
+            cbs=[SampleOrder(samples.log, dls.train)],
+        )
+        samples.batches_per_epoch = len(dls.train)
+        samples.sampler = f"{type(dls.train).__name__}(bs={job.batch_size}, shuffle=True, drop_last=True)"
+        samples.follows_spec_seed = True
+        samples.seed_source = (
+            "fastai's loader rng, random.Random(random.randint(...)) when the loader is built, from Python's random "
+            "module, which the worker seeds from the spec seed"
+            + (" (under DDP, rank 0's index list is broadcast to every rank)" if job.dist.enabled else "")
         )
         if not (hasattr(learn, "recorder") and hasattr(learn, "progress")):
             raise RuntimeError("fastai's default Recorder/ProgressCallback are missing")  # defaults must measure them
@@ -288,7 +337,8 @@ class FastaiAdapter(Adapter):
         elif name == "bf16-mixed":
             learn.add_cb(CpuBf16())
             job.notes["precision_impl"] = (
-                "bakeoff CpuBf16 callback (CPU autocast bf16; fastai's MixedPrecision is CUDA-only)"
+                "bakeoff CpuBf16 callback: torch.autocast(cpu, bfloat16, cache_enabled=True) from before_batch to "
+                "after_loss, prediction cast to fp32 in after_pred (fastai's MixedPrecision is CUDA-only)"
             )
         else:
             raise Unsupported(f"{name} needs CUDA with fastai")

@@ -152,9 +152,12 @@ class FlashAdapter(Adapter):
             job.notes["sampler"] = f"harness {type(job.sampler).__name__} (replace_sampler_ddp=False)"
         else:
             trainer = flash.Trainer(**options)
-            train_loader = DataLoader(job.data.train, batch_size=job.batch_size, shuffle=True)
+            samples = job.record_library_samples()
+            train_loader = DataLoader(samples.dataset(job.data.train), batch_size=job.batch_size, shuffle=True)
             valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
             trainer.fit(task, train_dataloader=train_loader, val_dataloaders=valid_loader)
+            samples.describe_torch_sampler(train_loader.sampler, job.seed)
+            samples.batches_per_epoch = int(trainer.num_training_batches)
             job.notes["sampler"] = type(train_loader.sampler).__name__
             job.notes.update(defaults_notes(trainer))
 

@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, get_consta
 from transformers.trainer_callback import PrinterCallback
 
 from adapters.base import Adapter, Job, Request
+from kernels.sampling import base_sampler
 
 INPUTS, LABELS = "inputs", "labels"
 """Batch keys. ``labels`` is the Trainer's conventional name for targets."""
@@ -121,6 +122,12 @@ class HFTrainerAdapter(Adapter):
         # autocasts only the forward and casts the logits to fp32, the loss then runs in fp32, which
         # is what CPU autocast does to cross_entropy in the native loop anyway. fp16 (CUDA only)
         # was not measured here; GradScaler schedules may differ, so only "close" is declared.
+        # That bf16 argument holds only for a loss autocast runs in fp32 anyway: a loss with ops
+        # autocast leaves in low precision (a hand-written log-softmax on the logits) runs in bf16 in
+        # native and in fp32 here, another computation (measured diverged from step 1 on
+        # families[lowp-loss]).
+        if request.precision != "fp32" and "loss-precision-sensitive" in request.traits:
+            return "diverged"
         return "close" if request.precision == "fp16-mixed" else "bitwise"
 
     def training_arguments(self, job: Job) -> TrainingArguments:
@@ -158,6 +165,7 @@ class HFTrainerAdapter(Adapter):
     def fit(self, job: Job) -> nn.Module:
         args = self.training_arguments(job)
         aligned = job.mode == "aligned"
+        train_dataset = job.data.train
         if aligned:
             optimizer = job.make_optimizer(job.model.parameters())
             optimizers = (optimizer, get_constant_schedule(optimizer))
@@ -166,11 +174,12 @@ class HFTrainerAdapter(Adapter):
             )
         else:
             optimizers, harness_loader = (None, None), None
+            train_dataset = job.record_library_samples().dataset(job.data.train)  # coverage of its own loader
         trainer = TaskTrainer(
             model=job.model,
             args=args,
             data_collator=collate_samples,
-            train_dataset=job.data.train,
+            train_dataset=train_dataset,
             eval_dataset=job.data.valid,
             optimizers=optimizers,
             callbacks=[ProbeCallback(job.probe)],
@@ -193,9 +202,12 @@ class HFTrainerAdapter(Adapter):
         if precision == "no":
             job.notes["precision_impl"] = "fp32"
         else:
+            handler = getattr(accelerator, "autocast_handler", None)
+            cache = getattr(handler, "cache_enabled", None)
             job.notes["precision_impl"] = (
-                f"Trainer {precision}=True: accelerate torch.autocast({accelerator.device.type}, "
-                f"{precision}) around model.forward, outputs cast to fp32, loss outside autocast"
+                f"Trainer {precision}=True: accelerate torch.autocast({accelerator.device.type}, {precision}, "
+                f"cache_enabled={'True (torch default)' if cache is None else cache}) around model.forward, "
+                "outputs cast to fp32, loss outside autocast"
                 + (", GradScaler" if accelerator.scaler is not None else "")
             )
         optimizer = type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__
@@ -208,7 +220,14 @@ class HFTrainerAdapter(Adapter):
         if aligned:
             job.notes["sampler"] = "harness ShardedBatchSampler (get_train_dataloader override)"
         else:
-            job.notes["sampler"] = f"Trainer's own: {describe_sampler(trainer.callback_handler.train_dataloader)}"
+            loader = trainer.callback_handler.train_dataloader
+            job.notes["sampler"] = f"Trainer's own: {describe_sampler(loader)}"
+            samples = job.library_samples
+            samples.describe_torch_sampler(base_sampler(loader), job.seed)
+            samples.sampler = f"{describe_sampler(loader)}: {samples.sampler}"
+            samples.batches_per_epoch = len(loader)
+            if samples.follows_spec_seed and "initial_seed" in samples.sampler:
+                samples.seed_source += ": torch.random.initial_seed() after Trainer's set_seed(args.seed = spec seed)"
         job.notes["distributed"] = _value(accelerator.distributed_type)
         job.notes["optimizer_steps"] = trainer.state.global_step
         job.notes["inferred"] = "nothing: the Trainer takes a built model; num_labels is a config value, not inferred"

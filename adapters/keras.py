@@ -177,6 +177,17 @@ class ProbeCallback(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+class SampleLogStart(keras.callbacks.Callback):
+    """Starts the sample log when training starts: ``fit`` first fetches one batch to build the model."""
+
+    def __init__(self, log) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_train_begin(self, logs=None) -> None:
+        self.log.discard()
+
+
 class SamplerEpochCallback(keras.callbacks.Callback):
     """Tells the harness sampler which epoch Keras is in, as torch users do with ``set_epoch``."""
 
@@ -251,7 +262,8 @@ class KerasAdapter(Adapter):
         job.notes.update(
             {
                 "precision_impl": (
-                    f"torch.autocast ({job.precision.name}) inside the Keras train_step"
+                    f"torch.autocast({job.device.type}, {str(job.precision.autocast_dtype).removeprefix('torch.')}, "
+                    "cache_enabled=True) around forward + loss inside the Keras train_step"
                     if job.precision.autocast_dtype
                     else "fp32"
                 ),
@@ -267,13 +279,15 @@ class KerasAdapter(Adapter):
     def _fit_defaults(self, job: Job) -> None:
         model = TaskModel(job.model)
         optimizer, arguments = keras_optimizer(job.optimizer, job.lr, job.grad_accum)
-        if job.task.loss is cross_entropy:
+        if job.loss is cross_entropy:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             loss_note = "keras.losses.SparseCategoricalCrossentropy(from_logits=True)"
         else:
+            target_dtype = job.data.train.tensors[1].dtype
 
             def loss(y_true, y_pred):
-                return job.task.loss(y_pred, y_true)
+                # Keras hands a loss function its targets cast to float32; class ids go back to their dtype.
+                return job.loss(y_pred, y_true.to(target_dtype))
 
             loss_note = "task loss (torch) as a Keras loss function"
         model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
@@ -281,13 +295,26 @@ class KerasAdapter(Adapter):
         valid_x, valid_y = job.data.valid.tensors
         micro_batches = job.steps * job.grad_accum
         batches_per_epoch = math.ceil(len(train_y) / job.batch_size)
+        # The labels go in as a tensor that logs the rows Keras slices for each batch (values,
+        # dtype and everything the model sees unchanged): the result's sample coverage.
+        samples = job.record_library_samples()
         model.fit(
             train_x,
-            train_y,
+            samples.tensor(train_y),
             batch_size=job.batch_size,
             epochs=math.ceil(micro_batches / batches_per_epoch),
             validation_data=(valid_x, valid_y),
-            callbacks=[ProbeCallback(job.probe, steps=job.steps, grad_accum=job.grad_accum)],
+            callbacks=[
+                SampleLogStart(samples.log),
+                ProbeCallback(job.probe, steps=job.steps, grad_accum=job.grad_accum),
+            ],
+        )
+        samples.batches_per_epoch = batches_per_epoch  # Keras' array adapter: ceil(samples / batch_size)
+        samples.sampler = "Keras array adapter: BatchSampler(RandomSampler(range(n)), drop_last=False)"
+        samples.follows_spec_seed = True
+        samples.seed_source = (
+            "a seed torch's RandomSampler draws from the global RNG as each epoch starts; the worker seeds that "
+            "RNG from the spec seed"
         )
         resolved = resolved_metric_names(model)
         job.notes.update(

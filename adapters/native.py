@@ -46,6 +46,11 @@ class NativeAdapter(Adapter):
             optimizer.zero_grad(set_to_none=True)
             job.probe.step_end()
 
-        job.notes["precision_impl"] = f"torch.autocast ({precision.name})" if precision.autocast_dtype else "fp32"
+        job.notes["precision_impl"] = (
+            f"torch.autocast({job.device.type}, {str(precision.autocast_dtype).removeprefix('torch.')}, "
+            "cache_enabled=True) around forward + loss"
+            if precision.autocast_dtype
+            else "fp32"
+        )
         job.notes["skipped_steps"] = precision.skipped_steps
         return model

@@ -42,15 +42,36 @@ def trainer_options(job: Job, precision: Any) -> dict[str, Any]:
     return options
 
 
+def step_autocast(plugin) -> dict[str, Any]:
+    """The autocast state inside the plugin's ``forward_context`` (what wraps ``training_step``)."""
+    import torch
+
+    device = getattr(plugin, "device", "cpu")
+    with plugin.forward_context():
+        enabled = torch.is_autocast_enabled(device)
+        return {
+            "enabled": enabled,
+            "dtype": str(torch.get_autocast_dtype(device)).removeprefix("torch.") if enabled else None,
+            "cache_enabled": torch.is_autocast_cache_enabled() if enabled else None,
+        }
+
+
 def describe_precision(trainer, library: str) -> str:
-    """What the Trainer's precision plugin does, read off the plugin itself (not off the option asked for)."""
+    """What the Trainer's precision plugin does, read off the plugin itself (not off the option asked for).
+
+    The autocast dtype and ``cache_enabled`` are read inside the plugin's ``forward_context``: Lightning
+    2.6 turns the weight cache off there (a reused weight is cast at every use), 2.1 and 1.9 do not.
+    """
     plugin = trainer.precision_plugin
     name = type(plugin).__name__
     precision = getattr(plugin, "precision", "?")
     if name in ("MixedPrecision", "MixedPrecisionPlugin"):  # Lightning 2.x / 1.9 names of the autocast plugin
-        dtype = "bfloat16" if "bf16" in str(precision) else "float16"
+        autocast = step_autocast(plugin)
         scaler = "GradScaler" if getattr(plugin, "scaler", None) is not None else "no GradScaler"
-        return f"{library} {name}({precision!r}): torch.autocast({getattr(plugin, 'device', '?')}, {dtype}), {scaler}"
+        return (
+            f"{library} {name}({precision!r}): training_step under torch.autocast({getattr(plugin, 'device', '?')}, "
+            f"{autocast['dtype']}, cache_enabled={autocast['cache_enabled']}), {scaler}"
+        )
     return f"{library} {name}({precision!r})"
 
 

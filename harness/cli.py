@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
                      help="task option, repeatable (e.g. -o width=256)")
     run.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
+    _add_threads_option(run, "the run")
     _add_run_options(run, default_dir=DEFAULT_RESULTS / "runs")
     run.add_argument("--nnodes", type=int, default=1, help="machines the DDP job spans (run this on each)")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous for --nnodes > 1")
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dry-run", action="store_true", help="list the specs without running them")
     bench.add_argument("--retry-failed", action="store_true", help="rerun specs whose existing result failed")
     bench.add_argument("--shard", metavar="I/N", help="run only shard I of N (split by spec id; e.g. 1/2 and 2/2)")
+    _add_threads_option(bench, "every spec that does not set its own")
     _add_run_options(bench, default_dir=None)
     _add_tracking_option(bench)
     bench.add_argument("--no-zygote", action="store_true",
@@ -165,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
                               "library); exit 2 when a plugin is broken")
     commands.add_parser("env", help="print the environment a result would record")
     return parser
+
+
+def _add_threads_option(parser: argparse.ArgumentParser, applies_to: str) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"intra-op CPU threads per rank for {applies_to}; part of the spec id "
+                             "(default: $BAKEOFF_THREADS_PER_RANK, else CPU cores // ranks on the node)")
+
+
+def _threads(args: argparse.Namespace) -> int | None:
+    """The layout asked for on the command line, else by BAKEOFF_THREADS_PER_RANK (None: automatic)."""
+    from harness.spec import MAX_THREADS, threads_from_environment
+
+    if args.threads is not None:
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise SpecError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {args.threads}")
+        return args.threads
+    return threads_from_environment()
 
 
 def _add_tracking_option(parser: argparse.ArgumentParser) -> None:
@@ -228,6 +247,7 @@ def _spec_from_args(args: argparse.Namespace) -> Spec:
         device=_device(args.device),
         options=options,
         deterministic=not args.nondeterministic,
+        threads=_threads(args),
     )
     return with_code_identity(spec)  # a plugin's code is part of the spec id; a broken plugin: exit 2
 
@@ -267,6 +287,10 @@ def one_line(result: dict[str, Any]) -> str:
         if "eval_metric" in summary:
             parts.append(f"{metric} {summary['eval_metric']:.4f}")
         parts.append(f"weights {str(result.get('weights_digest'))[:16]}")
+        if "coverage" in result:
+            from harness.coverage import describe
+
+            parts.append(f"samples {describe(result['coverage'])}")
     else:
         parts.append(str(result.get("error")))
     return " | ".join(parts)
@@ -372,11 +396,12 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     from harness import progress as bench_progress
     from harness.plan import check_spec, unsupported_reason
     from harness.runner import existing_result, run_suite
-    from harness.suites import get_suite, load_suite_file
+    from harness.suites import get_suite, load_suite_file, with_suite_threads
 
     started = time.monotonic()  # the user's wait starts here, before the suite's checks import the libraries
     device = _device(args.device)
     suite = load_suite_file(args.suite_file, device) if args.suite_file else get_suite(args.suite, device)
+    suite = with_suite_threads(suite, _threads(args))
     for spec in suite.specs:
         check_spec(spec)
     if args.shard:

@@ -40,7 +40,7 @@ def make_job(task_name: str, steps: int, batch_size: int, precision: str, option
         model=task.build_model(0, resolved, data),
         train_loader=batch_loader(data.train, sampler),
         sampler=sampler,
-        loss=task.loss,
+        loss=task.loss_for(resolved),
         optimizer=task.optimizer,
         precision=make_precision(precision, "cpu"),
         dist=DistContext(),

@@ -16,16 +16,27 @@ from kernels.precision import PrecisionError, make_precision
 from tasks.base import Task
 
 
-def request_for(spec: Spec, task: Task | None = None) -> Request:
-    """The adapter-side view of a spec: what ``Adapter.check`` and ``expected_parity`` judge."""
+def request_for(spec: Spec, task: Task | None = None, traits: frozenset[str] | None = None) -> Request:
+    """The adapter-side view of a spec: what ``Adapter.check`` and ``expected_parity`` judge.
+
+    ``traits`` defaults to what the task declares for the spec's options; the worker passes the
+    declared ones plus those it detected on the built model.
+    """
+    task = task if task is not None else get_task(spec.task)
+    if traits is None:
+        try:
+            traits = frozenset(task.traits(task.resolve_options(spec.options)))
+        except ValueError:  # bad options: check_spec reports them; the request carries no traits
+            traits = frozenset()
     return Request(
-        task=task if task is not None else get_task(spec.task),
+        task=task,
         mode=spec.mode,
         precision=spec.precision,
         world_size=spec.world_size,
         grad_accum=spec.grad_accum,
         device_type=spec.device,
         options=dict(spec.options),
+        traits=traits,
     )
 
 

@@ -90,6 +90,13 @@ class Probe:
     def steps(self) -> int:
         return len(self._ends)
 
+    @property
+    def micro_batches(self) -> int | None:
+        """Micro-batch losses in completed steps; None when some step reported none (then unknown)."""
+        if any(not group for group in self._step_losses):
+            return None
+        return sum(len(group) for group in self._step_losses)
+
     def step_losses(self) -> torch.Tensor:
         """Per-step mean micro-batch loss as one float64 CPU tensor (one device sync)."""
         if not self._step_losses:

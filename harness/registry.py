@@ -65,6 +65,7 @@ BUILTIN_TASKS = {
     "tabular": "tasks.tabular:Tabular",
     "charlm": "tasks.charlm:CharLM",
     "scaling": "tasks.scaling:Scaling",
+    "families": "tasks.families:Families",
     "mnist": "tasks.vision:MNIST",
     "cifar10": "tasks.vision:CIFAR10",
 }

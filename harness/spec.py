@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kernels.precision_names import PRECISIONS
@@ -18,6 +19,10 @@ SPEC_VERSION = 1
 
 # Upper bounds that catch typos (steps=1e9) before they occupy a machine for a week.
 LIMITS = {"steps": 1_000_000, "batch_size": 1_000_000, "grad_accum": 1024, "world_size": 1024, "repeat": 10_000}
+MAX_THREADS = 1024
+
+THREADS_ENV = "BAKEOFF_THREADS_PER_RANK"
+"""Where a user sets the thread layout for a whole session; the CLI and suites resolve it into each spec."""
 
 
 FIRST_VERSION_FIELDS = frozenset({
@@ -103,6 +108,9 @@ class Spec:
     ``harness.plugins``); empty for built-in tasks, whose code the result's git sha names."""
     adapter_code: str = ""
     """The same for a plugin adapter (or a user's training function); empty for built-ins."""
+    threads: int | None = None
+    """Intra-op CPU threads per rank; None: the automatic split (CPU cores // ranks on the node).
+    CPU float reductions depend on the thread count, so the layout is part of the run's identity."""
 
     def __post_init__(self) -> None:
         for name in ("task", "adapter"):
@@ -151,6 +159,10 @@ class Spec:
             value = getattr(self, name)
             if not isinstance(value, str) or len(value) > MAX_CODE_LENGTH or not value.isprintable():
                 raise SpecError(f"{name} must be a short printable string (a plugin code identity), got {value!r}")
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or not 1 <= self.threads <= MAX_THREADS
+        ):
+            raise SpecError(f"threads must be an integer from 1 to {MAX_THREADS} (or unset), got {self.threads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -180,6 +192,8 @@ class Spec:
             parts.append(f"ws{self.world_size}")
         if self.grad_accum > 1:
             parts.append(f"acc{self.grad_accum}")
+        if self.threads is not None:
+            parts.append(f"t{self.threads}")
         parts.append(f"s{self.seed}")
         if self.repeat:
             parts.append(f"r{self.repeat}")
@@ -202,3 +216,24 @@ class Spec:
             return cls(**data)
         except TypeError as error:  # e.g. a non-string key
             raise SpecError(f"invalid spec: {error}") from None
+
+
+def threads_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
+    """The thread count ``BAKEOFF_THREADS_PER_RANK`` asks for, or None when it is unset or empty."""
+    value = (os.environ if environ is None else environ).get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if not 1 <= threads <= MAX_THREADS:
+        raise SpecError(f"{THREADS_ENV}={value!r} must be an integer from 1 to {MAX_THREADS}")
+    return threads
+
+
+def with_threads(spec: Spec, threads: int | None) -> Spec:
+    """``spec`` with ``threads`` filled in where the spec leaves the layout automatic; a spec's own count wins."""
+    if threads is None or spec.threads is not None:
+        return spec
+    return replace(spec, threads=threads)

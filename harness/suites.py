@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.registry import adapter_names, get_task
-from harness.spec import Spec, SpecError
+from harness.spec import Spec, SpecError, with_threads
 
 MAX_SPECS = 20_000
 _MEMO: dict = {}
@@ -96,6 +96,9 @@ def quick(device: str) -> Suite:
     cells.append([_spec("digits", a, device, mode=m, world_size=2, batch_size=32) for a, m in aligned])
     cells.append([_spec("tabular", a, device, mode=m) for a, m in aligned])
     cells.append([_spec("charlm", a, device, mode=m) for a, m in aligned])
+    # A weight reused within one forward pass under bf16 autocast: Lightning >= 2.6 re-casts it at every use.
+    recurrent = {"family": "recurrent"}
+    cells.append([_spec("families", a, device, mode=m, precision="bf16-mixed", options=recurrent) for a, m in aligned])
     for width in (32, 256, 1024):
         cells.append([_spec("scaling", a, device, mode=m, options={"width": width}) for a, m in aligned])
     return Suite(name="quick", description=quick.__doc__, specs=_interleave(cells, 1), eval_every=10)
@@ -118,6 +121,15 @@ def standard(device: str) -> Suite:
         cells.append([_spec(task, a, device, mode=m, steps=steps, precision="bf16-mixed") for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, world_size=2, batch_size=32) for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, grad_accum=2, batch_size=32) for a, m in aligned])
+    # The libraries' own samplers under DDP (padding, even_batches): what the coverage column shows.
+    defaults = [(a, m) for a, m in pairs if m == "defaults"]
+    cells.append([_spec("tabular", a, device, mode=m, world_size=2, batch_size=32) for a, m in defaults])
+    # Model families where declarations depend on the model: weight reuse, a loss that reads bf16 logits.
+    for family in ("recurrent", "lowp-loss"):
+        options = {"family": family}
+        cells.append(
+            [_spec("families", a, device, mode=m, precision="bf16-mixed", options=options) for a, m in aligned]
+        )
     for width in (16, 64, 256, 1024, 2048):
         cells.append([_spec("scaling", a, device, mode=m, steps=200, options={"width": width}) for a, m in aligned])
     return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3, eval_every=10)
@@ -176,14 +188,15 @@ def get_suite(name: str, device: str) -> Suite:
     return BUILTIN[name](device)
 
 
-SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "fresh_processes", "runs"}
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "fresh_processes", "threads", "runs"}
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
-    """A TOML suite: top-level name/description/warmup/repeats/eval_every/fresh_processes and ``[[runs]]`` tables.
+    """A TOML suite: top-level name/description/warmup/repeats/eval_every/fresh_processes/threads and ``[[runs]]`` tables.
 
     Each value in a run table may be a list; the run expands to the product of its lists.
     Keys inside ``options`` expand the same way. Missing batch_size/steps/lr come from the task.
+    A top-level ``threads`` is the thread layout of every run that does not set its own.
     """
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -209,8 +222,11 @@ def load_suite_file(path: Path, device: str) -> Suite:
     runs = document.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
         raise SpecError("suite file needs at least one [[runs]] table")
+    threads = document.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise SpecError(f"suite threads must be a positive integer, got {threads!r}")
     memo: dict = {}
-    cells = [expand_run(run, device, memo=memo) for run in runs]
+    cells = [[with_threads(spec, threads) for spec in expand_run(run, device, memo=memo)] for run in runs]
     specs = _interleave(cells, repeats)
     if len(specs) > MAX_SPECS:
         raise SpecError(f"suite expands to {len(specs)} runs, over the limit of {MAX_SPECS}")
@@ -273,6 +289,15 @@ def _identified(spec: Spec, memo: dict) -> Spec:
     from harness.plugins import with_code_identity
 
     return with_code_identity(spec, memo=memo)
+def with_suite_threads(suite: Suite, threads: int | None) -> Suite:
+    """Every spec of ``suite`` that leaves its thread layout automatic gets ``threads`` (None: no change).
+
+    The command line's ``--threads`` (or ``BAKEOFF_THREADS_PER_RANK``) lands in the specs, and so in
+    their ids: resuming under another layout runs new specs instead of mixing two layouts' results.
+    """
+    if threads is None:
+        return suite
+    return replace(suite, specs=[with_threads(spec, threads) for spec in suite.specs])
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -29,7 +29,7 @@ LAUNCH = "fresh"
 import torch  # noqa: E402
 
 from adapters.base import Adapter, Job, Unsupported  # noqa: E402
-from harness import environment  # noqa: E402
+from harness import coverage, environment  # noqa: E402
 from harness.durations import after_warmup, step_durations_ns  # noqa: E402
 from harness.plan import request_for  # noqa: E402
 from harness.plugins import verify as verify_plugin_code  # noqa: E402
@@ -37,11 +37,12 @@ from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
 from harness.registry import adapter_identity, get_adapter, get_task, task_data_problem, task_identity  # noqa: E402
 from harness.result import base_result, result_path, weights_digest, weights_path, write_result  # noqa: E402
-from harness.spec import Spec  # noqa: E402
+from harness.spec import THREADS_ENV, Spec, SpecError  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
-from kernels.distributed import DistContext, all_reduce_mean, init_from_env, shutdown  # noqa: E402
+from kernels.distributed import DistContext, all_reduce_mean, gather_objects, init_from_env, shutdown  # noqa: E402
 from kernels.precision import make_precision  # noqa: E402
 from kernels.sampling import ShardedBatchSampler, batch_loader  # noqa: E402
+from tasks.traits import detect_traits  # noqa: E402
 
 EVAL_BATCH = 256
 
@@ -109,7 +110,7 @@ def evaluate(job: Job) -> dict[str, float]:
             output = model(inputs)
         output = output.float()
         size = len(targets)
-        total_loss += float(job.task.loss(output, targets)) * size
+        total_loss += float(job.loss(output, targets)) * size
         if job.task.metric_from_loss is None:
             total_metric += float(job.task.metric(output, targets)) * size
         count += size
@@ -145,20 +146,164 @@ def startup_figures(launch: str, launch_wall_ns: int, ready_wall_ns: int, first_
     return figures
 
 
-def configure_threads(device_type: str) -> None:
-    """Split the cores between local ranks so DDP ranks do not fight over them.
+def configure_threads(device_type: str, threads: int | None = None) -> dict[str, Any]:
+    """Set this rank's intra-op CPU threads: the spec's count, else the cores split between local ranks.
 
-    ``BAKEOFF_THREADS_PER_RANK`` overrides the split (e.g. to emulate one core per node when
-    several "nodes" share a machine); the count used is recorded in the result's environment.
+    CPU float reductions depend on the thread count, so the layout is part of the spec
+    (``Spec.threads``). ``BAKEOFF_THREADS_PER_RANK`` reaches a run only through the spec (the CLI
+    and suites resolve it into ``threads``), so two results with one spec id never ran with
+    different layouts. Returns what was set, for the result.
     """
-    if device_type != "cpu":
-        return
-    override = os.environ.get("BAKEOFF_THREADS_PER_RANK")
-    if override:
-        torch.set_num_threads(max(1, int(override)))
-        return
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if threads is not None:
+        torch.set_num_threads(threads)
+        source = "spec"
+    elif device_type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // local_world))
+        source = f"automatic: {cores} cores // {local_world} local ranks"
+    else:
+        source = "torch default (the run is not on the CPU)"
+    return {"requested": threads, "torch_threads": torch.get_num_threads(), "source": source}
+
+
+def check_thread_layout(spec: Spec) -> None:
+    """Refuse a spec whose automatic layout the environment would silently contradict."""
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override and spec.threads is None:
+        raise SpecError(
+            f"{THREADS_ENV}={override} is set but this spec's thread layout is automatic; put the count in the "
+            f"spec (threads={override}; the bakeoff CLI and suites do this) so its id names the layout it ran with"
+        )
+
+
+TRAIT_SAMPLES = 4
+"""Training samples the trait detection's forward passes use (>= 2: BatchNorm in train mode needs two)."""
+
+
+def sample_batch(dataset, count: int):
+    """The first ``count`` samples of ``dataset`` as one batch (batch indexing, else per-sample collate)."""
+    indices = list(range(min(count, len(dataset))))
+    try:
+        return dataset[indices]
+    except Exception:  # a dataset that only indexes one sample at a time
+        return torch.utils.data.default_collate([dataset[index] for index in indices])
+
+
+def model_traits(job: Job) -> dict[str, Any]:
+    """The model's family traits: what the task declares and what one small forward pass detects.
+
+    Sets ``job.traits`` to their union (the request an adapter's declaration judges). Never changes
+    the run (tasks/traits.py: forked RNG, buffers restored, no backward).
+    """
+    declared = sorted(job.task.traits(job.options))
+    inputs, targets = sample_batch(job.data.train, TRAIT_SAMPLES)
+    detected = detect_traits(job.model, job.loss, inputs.to(job.device), targets.to(job.device), job.device)
+    job.traits = frozenset(declared) | frozenset(detected["traits"])
+    return {"declared": declared, "detected": detected["traits"], "undetermined": detected["undetermined"]}
+
+
+class AutocastObserver:
+    """Reads the autocast state the model's first training forward pass actually runs under.
+
+    Whatever library drives the loop (and wherever it enters autocast: around the step, around
+    ``model.forward``), the first submodule called in training mode with grad enabled sees it; the
+    hooks are removed right there, so later steps run hook-free.
+    """
+
+    def __init__(self, model: torch.nn.Module, device_type: str) -> None:
+        self.device_type = device_type
+        self.observed: dict[str, Any] | None = None
+        modules = [module for name, module in model.named_modules() if name] or [model]
+        self.handles = [module.register_forward_pre_hook(self._hook) for module in modules]
+
+    def _hook(self, module, args) -> None:
+        if self.observed is not None or not (module.training and torch.is_grad_enabled()):
+            return
+        enabled = torch.is_autocast_enabled(self.device_type)
+        self.observed = {
+            "enabled": enabled,
+            "device_type": self.device_type,
+            "dtype": str(torch.get_autocast_dtype(self.device_type)).removeprefix("torch.") if enabled else None,
+            "cache_enabled": torch.is_autocast_cache_enabled() if enabled else None,
+            "observed_at": "the model's first training forward pass",
+        }
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def record(self) -> dict[str, Any]:
+        self.remove()
+        return self.observed or {"enabled": None, "observed_at": "no training forward pass was seen"}
+
+
+def rank_draws(job: Job, probe: Probe) -> dict[str, Any]:
+    """This rank's trained batches, epoch by epoch, and how they were known (gathered to rank 0 after training).
+
+    Nothing here runs in the loop: the harness sampler's batches are rebuilt from its seed; a
+    library loader's were appended to a SampleLog as it fetched them. Prefetched batches that never
+    trained are cut off by the count of micro-batches the probe saw in completed steps.
+    """
+    trained = probe.micro_batches
+    if trained is None:  # an adapter that reports one loss per step: the spec's accumulation says how many
+        trained = probe.steps * job.grad_accum
+    library = job.library_samples
+    if library is not None:
+        log = library.log
+        if log.epoch_orders:
+            epochs = coverage.trim_epochs(log.epoch_streams(), trained)
+            method = "the library's index stream per epoch, cut into the batch sizes it trained"
+        elif library.batches_per_epoch:
+            epochs = coverage.split_epochs(log.fetched_batches(), library.batches_per_epoch, trained)
+            method = "indices recorded as the library's loader fetched each batch (outside the model's path)"
+        else:
+            return {"problem": "the adapter recorded its library's batches but not how many make an epoch"}
+        meta = {
+            "source": "library loader",
+            "method": method,
+            "sampler": library.sampler,
+            "batches_per_epoch": library.batches_per_epoch,
+            "follows_spec_seed": library.follows_spec_seed,
+            "seed_source": library.seed_source,
+        }
+    elif job.sampler.passes:
+        sampler = job.sampler
+        epochs = coverage.trained_passes(list(zip((e for e, _ in sampler.passes), sampler.drawn())), trained)
+        meta = {
+            "source": "harness sampler",
+            "method": "rebuilt after training from the sampler's seed and the batches each pass handed out",
+            "sampler": (
+                f"ShardedBatchSampler(seed={sampler.seed}, batch_size={sampler.batch_size}, "
+                f"world_size={sampler.world_size}, grad_accum={sampler.grad_accum})"
+            ),
+            "batches_per_epoch": len(sampler),
+            "follows_spec_seed": True,
+            "seed_source": "the spec seed: one permutation per epoch drawn from (seed, epoch)",
+        }
+    else:
+        return {"problem": "the adapter drew from neither the harness sampler nor a recorded dataset"}
+    recorded = sum(len(epoch) for epoch in epochs)
+    if recorded < trained:
+        return {"problem": f"{recorded} batches were recorded but {trained} micro-batches trained"}
+    return {"epochs": epochs, "meta": meta}
+
+
+def sample_coverage(job: Job, draws: list[dict[str, Any]]) -> dict[str, Any]:
+    """``result["coverage"]`` from every rank's draws (harness/coverage.py has the schema)."""
+    for rank, draw in enumerate(draws):
+        if "problem" in draw:
+            return coverage.not_recorded(f"rank {rank}: {draw['problem']}")
+    meta = draws[0]["meta"]
+    return coverage.coverage(
+        [draw["epochs"] for draw in draws],
+        dataset_size=len(job.data.train),
+        batch_size=job.batch_size,
+        grad_accum=job.grad_accum,
+        **meta,
+    )
 
 
 class Terminated(Exception):
@@ -217,7 +362,7 @@ def build_job(spec: Spec, task, context: DistContext, probe: Probe, *, workdir: 
         model=model,
         train_loader=batch_loader(data.train, sampler),
         sampler=sampler,
-        loss=task.loss,
+        loss=task.loss_for(options),
         optimizer=task.optimizer,
         precision=make_precision(spec.precision, spec.device),
         dist=context,
@@ -239,6 +384,7 @@ def task_record(job: Job) -> dict[str, Any]:
     return {
         "name": task.name,
         "options": job.options,
+        "batch_invariant": task.is_batch_invariant(job.options),
         "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
         "target_metric": task.target_metric,
@@ -270,12 +416,14 @@ def run(
         "worker_start_wall_ns": WORKER_START_WALL_NS,
         "ready_wall_ns": ready_wall_ns,
     }
-    configure_threads(spec.device)
+    layout = configure_threads(spec.device, spec.threads)
+    result["threads"] = {**layout, "per_rank": None}
     context = init_from_env(spec.device)
     result["_rank"] = context.rank
     probe = Probe(context.device)
     job: Job | None = None
     try:
+        check_thread_layout(spec)
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
         task = get_task(spec.task)
         import_start = time.perf_counter()
@@ -302,6 +450,11 @@ def run(
         reason = adapter.check(job.request)
         if reason:
             raise Unsupported(reason)
+        result["task"]["traits"] = model_traits(job)
+        # Declared again with the traits detected on the built model (a plugin task may declare none),
+        # here where the library version that runs is imported.
+        result["declared_parity"] = adapter.expected_parity(job.request)
+        autocast = AutocastObserver(job.model, job.device.type)
         eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it
         if eval_every:
             probe.evaluate_every(eval_every, lambda: evaluate(job))
@@ -310,8 +463,14 @@ def run(
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
         probe.fit_start()
         trained = adapter.fit(job)
+        job.notes["autocast"] = autocast.record()
         job.model = trained
         losses = all_reduce_mean(probe.step_losses(), context)
+        # One gather after training: every rank's thread count and trained sample ids.
+        gathered = gather_objects({"threads": torch.get_num_threads(), "draws": rank_draws(job, probe)}, context)
+        result["threads"]["per_rank"] = [entry["threads"] for entry in gathered]
+        if context.is_main:
+            result["coverage"] = sample_coverage(job, [entry["draws"] for entry in gathered])
         trajectory = probe.resolve(losses)
         result["trajectory"] = {"step_end_ns": trajectory.step_end_ns, "losses": trajectory.losses}
         if eval_every:

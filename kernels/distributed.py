@@ -90,6 +90,18 @@ def all_reduce_mean(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     return reduced / context.world_size
 
 
+def gather_objects(value, context: DistContext) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` single-process.
+
+    For facts gathered once after training (sample ids, thread counts), never inside the loop.
+    """
+    if not context.enabled:
+        return [value]
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier(context: DistContext) -> None:
     if context.enabled:
         dist.barrier()

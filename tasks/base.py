@@ -145,6 +145,14 @@ class Task:
     batch_invariant: ClassVar[bool] = True
     """False when the model's math depends on batch composition (BatchNorm, dropout), so
     DDP vs single-process and accumulation vs large batch cannot be compared exactly."""
+    declared_traits: ClassVar[frozenset[str]] = frozenset()
+    """What the model does that a library may treat differently (``tasks.traits.TRAITS``: weight
+    reuse, tied weights, BatchNorm, dropout, ...). Adapters' declared parity may depend on them; the
+    worker also detects them on the built model, and tests check built-in declarations against that."""
+    unsupported: ClassVar[Mapping[tuple[str, str], str]] = {}
+    """``(precision, device type)`` → why the task cannot run that combination (e.g. an op with no
+    kernel for that dtype on that device, in plain torch too). Such runs end ``unsupported`` with the
+    reason, checked before launching; options-dependent cases override :meth:`unsupported_reason`."""
 
     loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(cross_entropy)
     metric: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(accuracy)
@@ -168,6 +176,22 @@ class Task:
 
     def validate_options(self, options: Mapping[str, Any]) -> None:
         """Range checks for options; raise ValueError with a one-line message."""
+
+    def traits(self, options: Mapping[str, Any]) -> frozenset[str]:
+        """The model-family traits (``tasks/traits.py``) of this task's model with these resolved options."""
+        return self.declared_traits
+
+    def loss_for(self, options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The loss for these resolved options (``loss`` unless the options choose another)."""
+        return self.loss
+
+    def unsupported_reason(self, options: Mapping[str, Any], precision: str, device_type: str) -> str | None:
+        """Why this task cannot run ``precision`` on ``device_type`` with these resolved options, or None."""
+        return self.unsupported.get((precision, device_type))
+
+    def is_batch_invariant(self, options: Mapping[str, Any]) -> bool:
+        """``batch_invariant`` for these resolved options (a task whose options add BatchNorm or dropout overrides)."""
+        return self.batch_invariant
 
     def build_data(self, options: Mapping[str, Any]) -> TaskData:
         raise NotImplementedError

@@ -38,6 +38,7 @@ class Tabular(Task):
     options = {"hidden": 64, "dropout": 0.1}
     target_metric = 0.93
     batch_invariant = False  # BatchNorm statistics and dropout masks depend on the batch
+    declared_traits = frozenset({"batchnorm", "rng-in-forward"})
 
     def validate_options(self, options) -> None:
         if not 1 <= options["hidden"] <= 8192:

@@ -3,7 +3,9 @@
 For random small specs the parity verdict against native equals the verdict the adapter
 declares for that configuration, a repeated run is bitwise identical, and the result has the
 complete schema. Hypothesis shrinks a failing example and prints it as a spec (JSON) that
-`bakeoff run` can reproduce.
+`bakeoff run` can reproduce. Declarations are claims about any model, so they are also checked
+on every model family of the ``families`` task (weight reuse, tied weights, padding, BatchNorm,
+dropout, a fused LSTM, losses in fp32 and in the autocast dtype), in fp32 and bf16-mixed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from harness.plan import request_for
 from harness.registry import RegistryError, adapter_names, get_adapter
 from harness.result import validate_result
 from harness.spec import Spec
+from harness.suites import VERSION_MATRIX
 from harness.worker import run_inline
+from tasks.families import FAMILIES
 
 
 def _isolated(name: str) -> bool:
@@ -58,8 +62,12 @@ ENVIRONMENT_KEYS = {"python", "torch", "device_name", "cpu_model", "packages", "
 
 @st.composite
 def small_specs(draw, adapter: str) -> Spec:
-    task = draw(st.sampled_from(["scaling", "digits"]))
-    options = {"width": draw(st.sampled_from([8, 32]))} if task == "scaling" else {}
+    task = draw(st.sampled_from(["scaling", "digits", "tabular", "families"]))
+    options = {}
+    if task == "scaling":
+        options = {"width": draw(st.sampled_from([8, 32]))}
+    elif task == "families":
+        options = {"family": draw(st.sampled_from(sorted(FAMILIES)))}
     return Spec(
         task=task,
         adapter=adapter,
@@ -68,7 +76,7 @@ def small_specs(draw, adapter: str) -> Spec:
         seed=draw(st.integers(0, 2**16)),
         batch_size=draw(st.sampled_from([8, 16, 32])),
         steps=draw(st.integers(2, 5)),
-        lr=draw(st.sampled_from([0.01, 0.05])),
+        lr=draw(st.sampled_from([0.01, 0.05])) if task in ("scaling", "digits") else 3e-3,
         grad_accum=draw(st.sampled_from([1, 2])),
         options=options,
     )
@@ -87,6 +95,14 @@ def check_schema(result: dict) -> None:
     assert {"name", "style", "library", "library_version"} <= result["adapter"].keys()
     assert result["adapter"]["style"] in ("native", "inheritance", "callback", "high-level")
     assert "precision_impl" in result["notes"]
+    autocast = result["notes"]["autocast"]  # what the model's first training forward actually ran under
+    mixed = result["spec"]["precision"] != "fp32"
+    assert autocast["enabled"] is mixed, autocast
+    if mixed:
+        assert autocast["dtype"] == "bfloat16" and isinstance(autocast["cache_enabled"], bool), autocast
+    assert result["declared_parity"] in ("bitwise", "close", "diverged", "not-comparable")
+    assert result["task"]["traits"]["undetermined"] == {}, result["task"]["traits"]
+    assert result["coverage"]["recorded"], result["coverage"]
     assert len(result["weights_digest"]) == 64
     assert result["task"]["data_digest"] and result["task"]["parameters"] > 0
 
@@ -115,10 +131,54 @@ def test_declared_parity_holds_and_reruns_are_identical(adapter_name, tmp_path_f
         assert again["weights_digest"] == first["weights_digest"]
         assert again["trajectory"]["losses"] == first["trajectory"]["losses"]
         declared = adapter.expected_parity(request_for(spec))
+        assert first["declared_parity"] == declared  # the worker's declaration (detected traits) agrees
         verdict = compare_files(native, first, folder)
         assert verdict.verdict == declared, verdict.describe()
+        assert first["coverage"]["order"]["digest"] == native["coverage"]["order"]["digest"]  # the same batches
 
     check()
+
+
+FAMILY_SPEC = {"task": "families", "batch_size": 16, "steps": 3, "lr": 3e-3, "seed": 7}
+_native_results: dict[str, dict] = {}
+
+
+def native_result(spec: Spec, folder) -> dict:
+    """The native partner of ``spec``, run once per module (every adapter compares with it)."""
+    reference = replace(spec, adapter="native")
+    if reference.spec_id not in _native_results:
+        _native_results[reference.spec_id] = run_inline(reference, folder)
+    return _native_results[reference.spec_id]
+
+
+@pytest.fixture(scope="module")
+def family_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("families")
+
+
+# The older library releases the standard suite runs (each in its own environment: slow).
+VERSIONED_ADAPTERS = [pytest.param(name, marks=pytest.mark.slow) for name in VERSION_MATRIX]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("adapter_name", OTHER_ADAPTERS + VERSIONED_ADAPTERS)
+def test_declared_parity_holds_on_every_model_family(adapter_name, family, family_folder):
+    """Each adapter's declaration, for each family's traits, is the verdict it gets: fp32 and bf16-mixed."""
+    adapter = get_adapter(adapter_name)
+    run = run_in_worker if adapter.environment else run_inline
+    for precision in ("fp32", "bf16-mixed"):
+        spec = Spec(adapter=adapter_name, precision=precision, options={"family": family}, **FAMILY_SPEC)
+        reason = adapter.check(request_for(spec))
+        if reason:
+            continue
+        native = native_result(spec, family_folder)
+        result = run(spec, family_folder)
+        assert native["status"] == "ok" and result["status"] == "ok", (native["error"], result["error"])
+        check_schema(result)
+        declared = adapter.expected_parity(request_for(spec))
+        assert result["declared_parity"] == declared, f"{spec.label}: worker and orchestrator declare differently"
+        verdict = compare_files(native, result, family_folder)
+        assert verdict.verdict == declared, f"{spec.label}: declared {declared}, got {verdict.describe()}"
 
 
 def test_native_results_have_the_complete_schema(inline):

@@ -61,7 +61,9 @@ def test_aligned_bf16_runs_autocast_in_train_step_and_matches_native_bitwise(inl
     spec = task_spec(task, precision="bf16-mixed")
     _, keras, result = verdict(inline, spec)
     assert result.verdict == "bitwise", result.describe()
-    assert keras["notes"]["precision_impl"] == "torch.autocast (bf16-mixed) inside the Keras train_step"
+    assert keras["notes"]["precision_impl"] == (
+        "torch.autocast(cpu, bfloat16, cache_enabled=True) around forward + loss inside the Keras train_step"
+    )
     fp32 = inline(replace(spec, adapter="keras", precision="fp32"))
     assert fp32["trajectory"]["losses"] != keras["trajectory"]["losses"]  # bf16 really ran
 

@@ -64,7 +64,10 @@ def test_aligned_fp32_is_bitwise_on_every_task(inline, task, lr, batch_size):
 def test_aligned_bf16_mixed_is_bitwise(inline, task, lr):
     """Lightning autocasts training_step (forward + loss) like the native loop: no drift at all."""
     native, lightning = pair(inline, task=task, precision="bf16-mixed", steps=10, lr=lr, batch_size=32)
-    assert "torch.autocast(cpu, bfloat16)" in lightning["notes"]["precision_impl"]
+    assert "torch.autocast(cpu, bfloat16, cache_enabled=" in lightning["notes"]["precision_impl"]
+    observed = lightning["notes"]["autocast"]  # what the model's forward actually ran under
+    assert observed["enabled"] and observed["dtype"] == "bfloat16"
+    assert f"cache_enabled={observed['cache_enabled']}" in lightning["notes"]["precision_impl"]
     verdict = compare_files(native, lightning, inline.results_dir)
     assert verdict.verdict == "bitwise", verdict.describe()
     assert declared(lightning["spec"]) == verdict.verdict
@@ -173,3 +176,38 @@ def test_property_aligned_runs_are_bitwise(seed, batch_size, lr, steps, width, p
         verdict = compare_files(native, lightning, results_dir)
     assert verdict.verdict == "bitwise", verdict.describe()
     assert verdict.verdict == declared(lightning["spec"])
+
+
+def test_autocast_without_its_weight_cache_is_declared_close_only_for_weight_reuse():
+    """Lightning >= 2.6 casts a reused weight at every use (cache_enabled=False): close, not bitwise."""
+
+    def request(adapter, precision, traits):
+        return adapter.expected_parity(
+            Request(task=get_task("families"), precision=precision, traits=frozenset(traits))
+        )
+
+    assert ADAPTER.recasts_reused_weights()  # the installed Lightning (2.6.x) turns the cache off
+    assert request(ADAPTER, "bf16-mixed", {"weight-reuse"}) == "close"
+    assert request(ADAPTER, "fp32", {"weight-reuse"}) == "bitwise"  # no autocast, nothing re-cast
+    assert request(ADAPTER, "bf16-mixed", {"tied-weights", "batchnorm"}) == "bitwise"
+    from harness.registry import get_adapter
+
+    assert request(get_adapter("lightning@2.1.4"), "bf16-mixed", {"weight-reuse"}) == "bitwise"  # cached casts
+    assert request(get_adapter("lightning@2.6.0"), "bf16-mixed", {"weight-reuse"}) == "close"
+
+
+def test_defaults_ddp_data_order_follows_the_seed_and_its_padding_is_counted(tmp_path):
+    """Lightning's injected DistributedSampler takes its seed from PL_GLOBAL_SEED: the adapter calls
+    L.seed_everything(spec seed) as Lightning's docs say, so --seed 1 shuffles with seed 1 (it used to be 0)."""
+    spec = Spec(
+        task="tabular", adapter="lightning", mode="defaults", world_size=2, batch_size=32, steps=8, lr=1e-3, seed=1
+    )
+    result = run_spec(spec, RunOptions(results_dir=tmp_path, timeout_s=300, save_weights=False))
+    assert result["status"] == "ok", (result.get("error"), result.get("output_tail"))
+    record = result["coverage"]
+    assert record["sampler"].startswith("DistributedSampler(") and "seed=1," in record["sampler"]
+    assert record["order"]["follows_spec_seed"] is True and "seed_everything" in record["order"]["seed_source"]
+    # 455 training rows over 2 ranks: the sampler pads one duplicate, drawn on the other rank.
+    epoch = record["epochs"][0]
+    assert epoch["complete"] and (epoch["duplicates"], epoch["cross_rank"], epoch["dropped"]) == (1, 1, 0)
+    assert epoch["short_batches"] == 2  # 228 per rank = 7 batches of 32 and one of 4, on each rank

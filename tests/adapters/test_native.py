@@ -38,7 +38,8 @@ def test_bf16_final_loss_within_declared_drift_of_fp32(tmp_path_factory, seed, b
     bf16 = run_inline(replace(spec, precision="bf16-mixed"), folder, save_weights=False)
     drift = get_task("scaling").precision_drift["bf16-mixed"]
     assert bf16["status"] == fp32["status"] == "ok"
-    assert bf16["notes"]["precision_impl"] == "torch.autocast (bf16-mixed)"
+    assert bf16["notes"]["precision_impl"] == "torch.autocast(cpu, bfloat16, cache_enabled=True) around forward + loss"
+    assert bf16["notes"]["autocast"]["dtype"] == "bfloat16" and bf16["notes"]["autocast"]["cache_enabled"] is True
     a, b = fp32["summary"]["final_loss"], bf16["summary"]["final_loss"]
     assert abs(b - a) <= drift * abs(a), (a, b)
     assert bf16["trajectory"]["losses"] != fp32["trajectory"]["losses"]  # bf16 really ran

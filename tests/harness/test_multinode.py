@@ -16,11 +16,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tmp_path, monkeypatch):
+def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tmp_path):
     # Two "nodes" share this machine's cores: give every rank one thread in both layouts, as
     # two one-core nodes would have (CPU float reductions depend on the thread count).
-    monkeypatch.setenv("BAKEOFF_THREADS_PER_RANK", "1")
-    spec = small_spec(task="digits", batch_size=16, world_size=2, steps=6)
+    spec = small_spec(task="digits", batch_size=16, world_size=2, steps=6, threads=1)
     single = run_spec(spec, RunOptions(results_dir=tmp_path / "single", timeout_s=180, save_weights=False))
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [
@@ -35,5 +34,6 @@ def test_two_nodes_on_loopback_equal_one_node_with_two_processes(tmp_path, monke
     (multi,) = written
     assert single["status"] == multi["status"] == "ok", (single.get("error"), multi.get("error"))
     assert multi["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert multi["threads"]["per_rank"] == single["threads"]["per_rank"] == [1, 1]
     assert multi["weights_digest"] == single["weights_digest"]
     assert multi["trajectory"]["losses"] == single["trajectory"]["losses"]

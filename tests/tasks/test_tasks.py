@@ -12,7 +12,7 @@ import torch
 from harness.registry import get_task, task_names
 
 
-@pytest.mark.parametrize("name", ["digits", "tabular", "charlm", "scaling"])
+@pytest.mark.parametrize("name", ["digits", "tabular", "charlm", "scaling", "families"])
 def test_same_seed_same_weights_regardless_of_global_rng(name):
     task = get_task(name)
     options = task.resolve_options({})
@@ -27,7 +27,7 @@ def test_same_seed_same_weights_regardless_of_global_rng(name):
     assert data.digest == task.build_data(options).digest  # data is deterministic too
 
 
-@pytest.mark.parametrize("name", ["digits", "tabular", "charlm", "scaling"])
+@pytest.mark.parametrize("name", ["digits", "tabular", "charlm", "scaling", "families"])
 def test_model_output_fits_loss_and_metric(name):
     task = get_task(name)
     options = task.resolve_options({})
