@@ -52,6 +52,10 @@ class Request:
     device_type: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
     """The task's options as the spec gives them (not yet resolved against the task's defaults)."""
+    compile: bool = False
+    """torch.compile, the way the adapter's library does it."""
+    ddp: bool = False
+    """A one-rank process group with DDP wrapping (world size 1)."""
 
 
 @dataclass(kw_only=True)
@@ -87,6 +91,8 @@ class Job:
     """A scratch folder this run may write to (logs, checkpoints of the library's defaults)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What the adapter actually did (precision implementation, sampler used, …): lands in the result."""
+    compile: bool = False
+    """Compile the model with torch.compile the way the library's users do (``Request.compile``)."""
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         return self.optimizer.build(params, lr=self.lr)
@@ -102,6 +108,8 @@ class Job:
             grad_accum=self.grad_accum,
             device_type=self.device.type,
             options=self.options,
+            compile=self.compile,
+            ddp=self.dist.enabled and self.dist.world_size == 1,
         )
 
 
@@ -122,6 +130,8 @@ class Adapter:
     """Whether the adapter can run under torchrun with world size > 1."""
     not_distributed_reason: ClassVar[str | None] = None
     """Why not, when ``distributed`` is False: the reason an ``unsupported`` DDP result carries."""
+    single_rank_ddp: ClassVar[bool] = False
+    """Whether the adapter joins a one-rank process group and wraps DDP when asked (``Request.ddp``)."""
     environment: ClassVar[str | None] = None
     """An isolated environment its workers run in (``envs/<name>.txt``, see harness.envs); None: the main one."""
     variant_requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -142,6 +152,8 @@ class Adapter:
             return (
                 self.not_distributed_reason or f"{self.name} cannot run distributed (world size {request.world_size})"
             )
+        if request.ddp and not self.single_rank_ddp:
+            return f"{self.name} is not wired to run DDP in a one-rank process group (ddp=true at world size 1)"
         return self.refuse(request)
 
     def refuse(self, request: Request) -> str | None:

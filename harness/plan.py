@@ -12,7 +12,7 @@ import os
 from adapters.base import Request
 from harness.registry import RegistryError, adapter_table, get_adapter, get_task
 from harness.spec import Spec, SpecError
-from kernels.precision import PrecisionError, make_precision
+from kernels.precision import TF32_CPU_REASON, PrecisionError, make_precision
 from tasks.base import Task
 
 
@@ -26,6 +26,8 @@ def request_for(spec: Spec, task: Task | None = None) -> Request:
         grad_accum=spec.grad_accum,
         device_type=spec.device,
         options=dict(spec.options),
+        compile=spec.compile,
+        ddp=spec.ddp,
     )
 
 
@@ -64,6 +66,8 @@ def check_spec(spec: Spec) -> None:
 
 def unsupported_reason(spec: Spec) -> str | None:
     """Why the adapter cannot run this (valid) spec here, or None."""
+    if spec.tf32 and spec.device != "cuda":
+        return TF32_CPU_REASON
     try:
         adapter = get_adapter(spec.adapter)
     except RegistryError as error:
