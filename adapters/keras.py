@@ -27,6 +27,11 @@ What Keras cannot do here is refused with the reason rather than run wrongly:
 - DDP: ``fit`` on the torch backend has no data-parallel support (``keras.distribution`` is
   JAX-only; Keras' multi-device torch guide drops ``fit`` for a hand-written loop around DDP).
 
+Compile is Keras' own option: ``model.compile(..., jit_compile=True)``, which on the torch
+backend wraps the whole train step (forward, loss, backward, optimizer) in ``torch.compile``.
+fp16-mixed in ``aligned`` is the harness precision inside ``train_step``: CPU or CUDA autocast
+with ``torch.amp.GradScaler`` (Keras' ``mixed_float16`` policy is refused, see above).
+
 The probe is a ``keras.callbacks.Callback`` (:class:`ProbeCallback`).
 """
 
@@ -102,6 +107,15 @@ def resolved_metric_names(model: keras.Model) -> list[str]:
     for metrics_list in getattr(compiled, "_flat_metrics", None) or []:
         names += [type(metric).__name__ for metric in getattr(metrics_list, "metrics", [])]
     return names
+
+
+def compile_note(model: keras.Model, requested: bool) -> str | None:
+    """What Keras did with ``jit_compile``: on torch it is ``torch.compile`` around the train step."""
+    if not requested:
+        return None
+    if not model.jit_compile:  # Keras turns it off (with a warning) where torch cannot compile
+        raise Unsupported("Keras switched jit_compile off on this torch backend")
+    return "model.compile(jit_compile=True): Keras' torch trainer wraps its train step in torch.compile"
 
 
 class TaskModel(keras.Model):
@@ -226,7 +240,7 @@ class KerasAdapter(Adapter):
         # by pulling one batch from the loader, an extra pass that moves the harness sampler to
         # its next epoch and draws from the global RNG (the DataLoader iterator's base seed).
         model.build((None, *job.data.inferable.input_shape))
-        model.compile(optimizer=None)  # the torch optimizer lives in train_step
+        model.compile(optimizer=None, jit_compile=job.compile)  # the torch optimizer lives in train_step
         batches_per_epoch = len(job.train_loader)
         micro_batches = job.steps * job.grad_accum
         model.fit(
@@ -250,6 +264,8 @@ class KerasAdapter(Adapter):
                     else "fp32"
                 ),
                 "skipped_steps": job.precision.skipped_steps,
+                "grad_scaler": getattr(job.precision, "describe_scaler", lambda: None)(),
+                "compile_impl": compile_note(model, job.compile),
                 "optimizer": f"torch.optim.{job.optimizer.name} (task recipe) in an overridden Keras train_step",
                 "loss": "task loss (torch) in train_step",
                 "data": "harness DataLoader passed to fit (steps_per_epoch = one harness epoch)",
@@ -270,7 +286,7 @@ class KerasAdapter(Adapter):
                 return job.task.loss(y_pred, y_true)
 
             loss_note = "task loss (torch) as a Keras loss function"
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=job.compile)
         train_x, train_y = job.data.train.tensors
         valid_x, valid_y = job.data.valid.tensors
         micro_batches = job.steps * job.grad_accum
@@ -287,6 +303,7 @@ class KerasAdapter(Adapter):
         job.notes.update(
             {
                 "precision_impl": "fp32",
+                "compile_impl": compile_note(model, job.compile),
                 "optimizer": f"keras.optimizers.{type(optimizer).__name__}({arguments})",
                 "loss": loss_note,
                 "data": "fit(x, y, batch_size, shuffle=True): Keras' own shuffling; validation after every epoch",

@@ -22,12 +22,19 @@ from typing import Any
 
 WORKER_START_WALL_NS = time.time_ns()
 
+from harness.environment import REPO_ROOT  # noqa: E402
+
+# torch.compile's kernels persist across processes in an ignored folder of the checkout, so the
+# second compile of a graph is a cache load (seconds) instead of a C++/Triton build (a minute).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO_ROOT / ".cache" / "inductor"))
+
 import torch  # noqa: E402
 
 from adapters.base import Adapter, Job, Unsupported  # noqa: E402
-from harness import environment  # noqa: E402
+from harness import environment, flops  # noqa: E402
 from harness.durations import after_warmup, step_durations_ns  # noqa: E402
 from harness.plan import request_for  # noqa: E402
+from harness.precision_audit import PrecisionAudit, precision_problem  # noqa: E402
 from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
 from harness.registry import get_adapter, get_task  # noqa: E402
@@ -35,7 +42,7 @@ from harness.result import base_result, result_path, weights_digest, weights_pat
 from harness.spec import Spec  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
 from kernels.distributed import DistContext, all_reduce_mean, init_from_env, shutdown  # noqa: E402
-from kernels.precision import make_precision  # noqa: E402
+from kernels.precision import TF32_CPU_REASON, make_precision, set_tf32, tf32_flags  # noqa: E402
 from kernels.sampling import ShardedBatchSampler, batch_loader  # noqa: E402
 
 EVAL_BATCH = 256
@@ -190,6 +197,53 @@ def build_job(spec: Spec, task, context: DistContext, probe: Probe, *, workdir: 
         grad_accum=spec.grad_accum,
         probe=probe,
         workdir=str(workdir),
+        compile=spec.compile,
+    )
+
+
+def compile_figures(trajectory, tracked: bool) -> dict[str, Any]:
+    """Compile time as its own figure: host seconds spent compiling inside the fit, and how often.
+
+    The step clock already excludes it (the probe pauses during compilation); ``compile_s`` is
+    where it went. ``compile_tracked`` False: dynamo was never loaded, so nothing was compiled.
+    """
+    if not tracked:
+        return {"compile_tracked": False}
+    return {
+        "compile_tracked": True,
+        "compile_s": sum(record["compile_s"] for record in trajectory.compiles),
+        "compile_events": len(trajectory.compiles),
+    }
+
+
+def utilisation_figures(spec: Spec, job: Job, result: dict[str, Any]) -> None:
+    """FLOPs per step (counted once per task configuration), the device's measured peak, and MFU.
+
+    Runs after training and evaluation, so neither the count nor a first peak measurement is
+    inside any timed figure. A task whose model cannot be counted records why instead.
+    """
+    try:
+        result["flops"] = flops.step_flops(
+            job.task, job.options, job.data, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
+            world_size=spec.world_size,
+        )
+    except Exception as error:  # a plugin model the meta device cannot build: say so, keep the run
+        result["flops"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        return
+    dtype = flops.peak_dtype(spec.precision, tf32=spec.tf32, device_type=spec.device)
+    try:
+        peak = flops.peak(spec.device, dtype)
+    except Exception as error:
+        result["peak_flops"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        return
+    result["peak_flops"] = peak
+    summary = result["summary"]
+    summary["flops_per_step"] = result["flops"]["per_step"]
+    gpus = torch.cuda.device_count() if spec.device == "cuda" else 0
+    devices = flops.devices_used(spec.device, spec.world_size, gpus)
+    summary["peak_flops_per_s"] = peak["flops_per_s"] * devices
+    summary.update(
+        flops.utilisation(summary["flops_per_step"], summary.get("median_step_us"), peak["flops_per_s"], devices)
     )
 
 
@@ -217,12 +271,17 @@ def run(
     result = base_result(spec, status="ok")
     result["timing"] = {"launch_wall_ns": launch_wall_ns, "worker_start_wall_ns": WORKER_START_WALL_NS}
     configure_threads(spec.device)
-    context = init_from_env(spec.device)
+    context = init_from_env(spec.device, process_group=spec.ddp)
     result["_rank"] = context.rank
     probe = Probe(context.device)
     job: Job | None = None
+    audit: PrecisionAudit | None = None
+    compiles_tracked = False
     try:
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
+        if spec.tf32 and spec.device != "cuda":
+            raise Unsupported(TF32_CPU_REASON)
+        result["tf32"] = {"requested": spec.tf32, "set": set_tf32(spec.tf32, spec.device)}
         task = get_task(spec.task)
         import_start = time.perf_counter()
         adapter = get_adapter(spec.adapter)
@@ -241,23 +300,43 @@ def run(
         # Reseed right before training: dropout masks and any library RNG use start from the
         # same state in every adapter, whatever building the data consumed.
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
+        if not spec.compile:  # hooks present while dynamo traces would enter the graph
+            audit = PrecisionAudit(job.model)
+            probe.after_first_step(audit.detach)
+        if spec.compile or "torch._dynamo" in sys.modules:  # importing dynamo only to listen costs seconds
+            compiles_tracked = probe.track_compiles()
         probe.fit_start()
         trained = adapter.fit(job)
+        probe.stop_tracking_compiles()
         job.model = trained
+        result["tf32"]["after_fit"] = tf32_flags()
         losses = all_reduce_mean(probe.step_losses(), context)
         trajectory = probe.resolve(losses)
         result["trajectory"] = {"step_end_ns": trajectory.step_end_ns, "losses": trajectory.losses}
         if eval_every:
             result["trajectory"]["evals"] = trajectory.evals
             result["summary"]["eval_every"] = eval_every
+        if trajectory.compiles:
+            result["trajectory"]["compiles"] = trajectory.compiles
         result["summary"].update(summarize(spec, trajectory.step_end_ns, warmup))
+        result["summary"].update(compile_figures(trajectory, compiles_tracked))
         result["summary"].update(
             time_to_target(trajectory.evals, trajectory.step_end_ns, task.target_metric, task.higher_is_better)
         )
         if trajectory.first_step_wall_ns is not None:
             result["summary"]["startup_s"] = (trajectory.first_step_wall_ns - launch_wall_ns) / 1e9
         bad = next((i for i, loss in enumerate(trajectory.losses) if not torch.isfinite(torch.tensor(loss))), None)
-        if bad is not None:
+        mislabelled = None
+        if audit is not None:
+            audit.detach()
+            job.notes["precision_observed"] = audit.record()
+            mislabelled = precision_problem(spec.precision, audit.judged)
+        else:
+            job.notes["precision_observed"] = "not audited: the model was compiled (hooks would enter the graph)"
+        if mislabelled:
+            result["status"] = "failed"
+            result["error"] = f"precision not as labelled: {mislabelled}"
+        elif bad is not None:
             result["status"] = "failed"
             result["error"] = f"non-finite loss ({trajectory.losses[bad]}) at step {bad}"
         elif len(trajectory.losses) != spec.steps:
@@ -274,6 +353,7 @@ def run(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(state, path)
                 result["weights_file"] = path.name
+            utilisation_figures(spec, job, result)
     except Unsupported as reason:
         result["status"] = "unsupported"
         result["error"] = str(reason)
@@ -289,6 +369,9 @@ def run(
         except Exception:
             pass
     finally:
+        probe.stop_tracking_compiles()
+        if audit is not None:
+            audit.detach()
         if job is not None:
             result["notes"] = job.notes
         result["summary"].update(peak_memory())
@@ -340,7 +423,7 @@ def run_inline(
     at the price of sharing the caller's process state. Timing figures from it are not the
     harness's measurements; use the runner for those.
     """
-    if spec.world_size != 1:
+    if spec.world_size != 1 or spec.ddp:
         raise ValueError("run_inline runs single-process specs only; use harness.runner for DDP")
     result = run(
         spec,

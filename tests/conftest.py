@@ -84,8 +84,10 @@ def plugin_env(monkeypatch):
     from harness import registry
 
     registry.adapter_table.cache_clear()
+    registry.task_table.cache_clear()
     registry._load_adapter_class.cache_clear()
     yield
     registry.adapter_table.cache_clear()
+    registry.task_table.cache_clear()
     registry._load_adapter_class.cache_clear()
     _ = sys

@@ -59,11 +59,14 @@ ENVIRONMENT_KEYS = {"python", "torch", "device_name", "cpu_model", "packages", "
 def small_specs(draw, adapter: str) -> Spec:
     task = draw(st.sampled_from(["scaling", "digits"]))
     options = {"width": draw(st.sampled_from([8, 32]))} if task == "scaling" else {}
+    # fp16 on CPU is drawn on the MLP only: this CPU has no fp16 arithmetic and the digits CNN's
+    # fp16 convolutions run ~50x slower than fp32 (1.6 s a step), which the CI budget cannot carry.
+    precisions = ["fp32", "bf16-mixed", "fp16-mixed"] if task == "scaling" else ["fp32", "bf16-mixed"]
     return Spec(
         task=task,
         adapter=adapter,
         mode="aligned",
-        precision=draw(st.sampled_from(["fp32", "bf16-mixed"])),
+        precision=draw(st.sampled_from(precisions)),
         seed=draw(st.integers(0, 2**16)),
         batch_size=draw(st.sampled_from([8, 16, 32])),
         steps=draw(st.integers(2, 5)),
