@@ -9,7 +9,7 @@ runs the loop, and calls the probe from its library's own hook mechanism.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -113,6 +113,11 @@ class Job:
         )
 
 
+def verdict_meets(declared: str, verdict: str) -> bool:
+    """Whether ``verdict`` satisfies a declaration: exact, except that bitwise is within any tolerance."""
+    return verdict == declared or (declared == "close" and verdict == "bitwise")
+
+
 class Unsupported(Exception):
     """Raised by ``Adapter.check`` (or during fit) when the library cannot run this spec."""
 
@@ -132,6 +137,10 @@ class Adapter:
     """Why not, when ``distributed`` is False: the reason an ``unsupported`` DDP result carries."""
     single_rank_ddp: ClassVar[bool] = False
     """Whether the adapter joins a one-rank process group and wraps DDP when asked (``Request.ddp``)."""
+    compiles: ClassVar[str] = "model"
+    """What the library hands to torch.compile: ``"model"`` (the task module, as the native loop
+    does: the same graph, the same generated kernels) or ``"step"`` (more than the model: the
+    loss, or the whole train step, so inductor generates other kernels)."""
     environment: ClassVar[str | None] = None
     """An isolated environment its workers run in (``envs/<name>.txt``, see harness.envs); None: the main one."""
     variant_requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -161,8 +170,39 @@ class Adapter:
         return None
 
     def expected_parity(self, request: Request) -> str:
-        """The verdict this adapter declares against native for such a request."""
+        """The verdict this adapter declares against native for such a request.
+
+        For a compiled request the reference is native compiled the same way (``compile=true``);
+        subclasses answer it with :meth:`compiled_parity`.
+        """
+        if request.compile:
+            return self.compiled_parity(request)
         return "bitwise" if request.mode == "aligned" and request.precision == "fp32" else "not-comparable"
+
+    def compiled_parity(self, request: Request) -> str:
+        """The verdict of a compiled run against native compiled.
+
+        A library that compiles the task module alone runs native's compiled graph, so its eager
+        verdict carries over; one that compiles more (``compiles = "step"``) runs other generated
+        kernels (the loss fused into the graph, reductions reordered): ``close`` at best.
+        Measured on CPU in tests/harness/test_compile.py.
+        """
+        if request.mode != "aligned":
+            return "not-comparable"
+        eager = self.expected_parity(replace(request, compile=False))
+        return "close" if self.compiles == "step" and eager == "bitwise" else eager
+
+    def expected_parity_vs_eager(self, request: Request) -> str:
+        """The verdict a run declares against native *eager* (uncompiled) with otherwise the same spec.
+
+        Compiled runs: ``close``, i.e. within the task's tolerance for the precision. Inductor
+        regenerates the kernels (fused pointwise ops without intermediate rounding, reductions in
+        another order), so bitwise equality happens (bf16 here often is) but is never promised:
+        a bitwise result meets a declared ``close`` (:func:`verdict_meets`).
+        """
+        if not request.compile:
+            return self.expected_parity(request)
+        return "close" if request.mode == "aligned" else "not-comparable"
 
     def fit(self, job: Job) -> nn.Module:
         """Train ``job.model`` for ``job.steps`` optimizer steps; return the trained (unwrapped) model."""

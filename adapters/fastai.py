@@ -235,6 +235,8 @@ class FastaiAdapter(Adapter):
         return None
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         if request.mode != "aligned":
             return "not-comparable"
         # fp16: fastai's MixedPrecision unscales through GradScaler.step (a fake optimizer), steps the real

@@ -133,6 +133,8 @@ class HFTrainerAdapter(Adapter):
         return None
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         if request.mode != "aligned":
             return "not-comparable"
         # Measured on CPU (tests/adapters/test_hf_trainer.py, notes/issue-6-hf.md): the Trainer runs

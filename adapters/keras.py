@@ -153,13 +153,22 @@ class TaskModel(keras.Model):
             loss = job.loss(self(inputs, training=True), targets)
         job.precision.backward(loss / job.grad_accum)
         self.last_loss = loss.detach()
-        self._micro_batches += 1
-        if self._micro_batches % job.grad_accum == 0:
+        if self._completes_step():
             job.precision.optimizer_step(self.torch_optimizer)
             self.torch_optimizer.zero_grad(set_to_none=True)
         # No logs: Keras would turn each logged tensor into a Python float after every batch
         # (a device sync the native loop does not have); the probe reads ``last_loss`` instead.
         return {}
+
+    @torch.compiler.disable
+    def _completes_step(self) -> bool:
+        """Count this micro-batch; True when it completes an optimizer step.
+
+        Kept out of ``jit_compile``'s graph: dynamo treats a module's integer attributes as
+        constants, so counting inside the compiled train step recompiles it at every batch.
+        """
+        self._micro_batches += 1
+        return self._micro_batches % self.job.grad_accum == 0
 
 
 class ProbeCallback(keras.callbacks.Callback):
@@ -201,6 +210,7 @@ class SamplerEpochCallback(keras.callbacks.Callback):
 class KerasAdapter(Adapter):
     name = "keras"
     style = "high-level"
+    compiles = "step"  # jit_compile wraps the whole train step (forward, loss, backward, optimizer)
     library = "keras"
     distributed = False
     not_distributed_reason = DISTRIBUTED_REASON
@@ -214,6 +224,8 @@ class KerasAdapter(Adapter):
         return None
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         # Measured on CPU for fp32, bf16-mixed and accumulation (notes/issue-6-keras.md): aligned
         # runs the native loop's operations in the same order inside Keras' fit, so every step
         # loss and every weight is bitwise equal. fp16-mixed (CUDA) takes the same harness

@@ -117,6 +117,7 @@ class ProbeCallback(L.Callback):
 class LightningAdapter(Adapter):
     name = "lightning"
     style = "inheritance"
+    compiles = "step"  # from_compiled compiles training_step too: the loss is inside the graph
     library = "lightning"
     # ``lightning@<version>`` (harness.envs.variant_spec): Lightning before 2.4 declares its
     # namespace packages with ``pkg_resources``, which setuptools 81 removed.
@@ -124,6 +125,8 @@ class LightningAdapter(Adapter):
     single_rank_ddp = True  # strategy="ddp" with one device joins the worker's one-rank process group
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         # Measured on CPU (notes/issue-4.md): aligned runs are bitwise equal to native in fp32 and
         # bf16-mixed, single process and 2-rank gloo DDP, with and without accumulation. Lightning's
         # autocast region (training_step: forward + loss) and its loss / k are the native loop's.

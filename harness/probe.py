@@ -68,9 +68,14 @@ class Probe:
         if handler is None or self._compile_callbacks is not None:
             return self._compile_callbacks is not None
 
+        # Dynamo may run these callbacks from inside a frame it is evaluating (Keras compiles the whole
+        # train step, and the lazily compiled backward starts from within it); it must not try to
+        # compile the callbacks themselves, which would re-enter its callback lock and deadlock.
+        @torch.compiler.disable
         def started(*args) -> None:
             self._compile_open = (self.steps, self._mark(), time.perf_counter_ns())
 
+        @torch.compiler.disable
         def ended(*args) -> None:
             if self._compile_open is None:
                 return
