@@ -52,6 +52,7 @@ class NativeAdapter(Adapter):
         job.notes["precision_impl"] = f"torch.autocast ({precision.name})" if precision.autocast_dtype else "fp32"
         job.notes["skipped_steps"] = precision.skipped_steps
         job.notes["grad_scaler"] = getattr(precision, "describe_scaler", lambda: None)()
+        job.notes["wrapper"] = type(train_model).__name__  # DistributedDataParallel whenever a process group is up
         compiled = "torch.compile(model), inside DDP" if job.dist.enabled else "torch.compile(model)"
         job.notes["compile_impl"] = compiled if job.compile else None
         return model

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--option", "-o", action="append", type=_option, default=[], metavar="KEY=VALUE",
                      help="task option, repeatable (e.g. -o width=256)")
     run.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the model the way the adapter's library does (compile time is reported "
+                          "on its own, outside the step times)")
+    run.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls and convolutions (CUDA only)")
+    run.add_argument("--ddp", action="store_true",
+                     help="at world size 1, still run under torchrun with a process group and DDP (NCCL on one GPU)")
     _add_run_options(run, default_dir=DEFAULT_RESULTS / "runs")
     run.add_argument("--nnodes", type=int, default=1, help="machines the DDP job spans (run this on each)")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous for --nnodes > 1")
@@ -188,6 +194,9 @@ def _spec_from_args(args: argparse.Namespace) -> Spec:
         device=_device(args.device),
         options=options,
         deterministic=not args.nondeterministic,
+        compile=args.compile,
+        tf32=args.tf32,
+        ddp=args.ddp,
     )
 
 
@@ -225,6 +234,10 @@ def one_line(result: dict[str, Any]) -> str:
         metric = result.get("task", {}).get("metric_name", "metric")
         if "eval_metric" in summary:
             parts.append(f"{metric} {summary['eval_metric']:.4f}")
+        if "mfu" in summary:
+            parts.append(f"MFU {100 * summary['mfu']:.2f}%")
+        if summary.get("compile_s"):
+            parts.append(f"compile {summary['compile_s']:.1f} s")
         parts.append(f"weights {str(result.get('weights_digest'))[:16]}")
     else:
         parts.append(str(result.get("error")))

@@ -186,6 +186,8 @@ class Spec:
             parts.append("compiled")
         if self.tf32:
             parts.append("tf32")
+        if not self.deterministic:
+            parts.append("nondet")
         parts.append(f"s{self.seed}")
         if self.repeat:
             parts.append(f"r{self.repeat}")

@@ -130,7 +130,20 @@ def smoke(device: str) -> Suite:
     return Suite(name="smoke", description=smoke.__doc__, specs=[_spec("digits", "native", device, steps=10)])
 
 
-BUILTIN: dict[str, Callable[[str], Suite]] = {"smoke": smoke, "quick": quick, "cost": cost, "standard": standard}
+def gpu(device: str) -> Suite:
+    """What a lent GPU must show (harness/gpucheck.py): alignment in fp32/bf16/fp16/TF32, compile, DDP, ~100M charlm."""
+    from harness.gpucheck import gpu_suite
+
+    return replace(gpu_suite(device), description=gpu.__doc__)
+
+
+BUILTIN: dict[str, Callable[[str], Suite]] = {
+    "smoke": smoke,
+    "quick": quick,
+    "cost": cost,
+    "standard": standard,
+    "gpu": gpu,
+}
 
 
 def suite_names() -> list[str]:
@@ -183,9 +196,7 @@ def load_suite_file(path: Path, device: str) -> Suite:
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SpecError("suite description must be a string")
-    return Suite(
-        name=name, description=description, specs=specs, warmup=warmup, repeats=repeats, eval_every=eval_every
-    )
+    return Suite(name=name, description=description, specs=specs, warmup=warmup, repeats=repeats, eval_every=eval_every)
 
 
 def _axes(table: Mapping[str, Any]) -> list[dict[str, Any]]:
