@@ -51,6 +51,10 @@ SUMMARY_KEYS = {
     "peak_memory_bytes",
     "peak_memory_kind",
     "wall_s",
+    "flops_per_step",
+    "peak_flops_per_s",
+    "achieved_flops_per_s",
+    "mfu",
 }
 ENVIRONMENT_KEYS = {"python", "torch", "device_name", "cpu_model", "packages", "git_sha", "git_dirty", "env"}
 
@@ -88,7 +92,8 @@ def check_schema(result: dict) -> None:
     assert result["environment"].keys() >= ENVIRONMENT_KEYS
     assert {"name", "style", "library", "library_version"} <= result["adapter"].keys()
     assert result["adapter"]["style"] in ("native", "inheritance", "callback", "high-level")
-    assert "precision_impl" in result["notes"]
+    assert "precision_impl" in result["notes"] and "precision_observed" in result["notes"]
+    assert result["flops"]["per_step"] > 0 and result["peak_flops"]["flops_per_s"] > 0
     assert len(result["weights_digest"]) == 64
     assert result["task"]["data_digest"] and result["task"]["parameters"] > 0
 

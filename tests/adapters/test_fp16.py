@@ -178,3 +178,27 @@ def test_hf_fp16_true_on_cpu_trains_fp32_so_the_adapter_refuses(tmp_path):
     assert audit.judged == {"Linear": {"float32"}}
     assert job.notes["precision_impl"].startswith("fp32: accelerate mixed_precision='fp16' without native AMP")
     assert job.notes["grad_scaler"] is None
+
+
+@pytest.mark.slow
+def test_flash_fp16_on_cpu_skips_the_planted_step_and_compiles(tmp_path, plugin_env, envs_build_root):
+    """Flash runs in its own environment (through the runner): the plugin route for fp16, and compile."""
+    from dataclasses import replace
+
+    from adapters.base import verdict_meets
+    from harness.runner import RunOptions, run_spec
+
+    options = RunOptions(results_dir=tmp_path, timeout_s=1800)
+    native = run_spec(overflow_spec("native"), options)
+    flash = run_spec(overflow_spec("flash"), options)
+    assert flash["status"] == "ok", flash["error"]
+    assert flash["notes"]["skipped_steps"] == native["notes"]["skipped_steps"] == 1
+    assert flash["notes"]["precision_observed"]["outputs"]["Linear"] == ["float16"]
+    adapter = get_adapter("flash")
+    verdict = compare_files(native, flash, tmp_path)
+    assert verdict.verdict == adapter.expected_parity(request_for(Spec.from_dict(flash["spec"]))), verdict.describe()
+    eager = run_spec(overflow_spec("native", precision="fp32", task="scaling"), options)
+    compiled = run_spec(replace(overflow_spec("flash", precision="fp32", task="scaling"), compile=True), options)
+    assert compiled["status"] == "ok" and compiled["summary"]["compile_events"] >= 1, compiled.get("error")
+    request = request_for(Spec.from_dict(compiled["spec"]))
+    assert verdict_meets(adapter.expected_parity_vs_eager(request), compare_files(eager, compiled, tmp_path).verdict)
