@@ -423,40 +423,102 @@ def distributed_facts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return facts
 
 
+EXTRA_ROLES = {"compile": "eager", "ddp": "no-ddp"}
+"""Comparisons the parity stage does not make (its partners share every numbers-changing field):
+a compiled run against native eager, and a one-rank DDP run against the plain single process."""
+
+
+def extra_partners(candidate, pool) -> list[tuple[str, Any]]:
+    """(role, native run) for the fields in :data:`EXTRA_ROLES` the candidate sets."""
+    from dataclasses import replace as replace_spec
+
+    from harness.parity import global_batch, same_run_key
+
+    found = []
+    for name, role in EXTRA_ROLES.items():
+        if not getattr(candidate.spec, name):
+            continue
+        key = same_run_key(replace_spec(candidate.spec, **{name: False}).to_dict())
+        natives = sorted(
+            (
+                r
+                for r in pool
+                if r.spec.adapter == "native"
+                and r.spec.mode == "aligned"
+                and r.ok
+                and same_run_key(r.spec.to_dict()) == key
+                and global_batch(r.spec.to_dict()) == global_batch(candidate.spec.to_dict())
+            ),
+            key=lambda r: (r.spec.world_size, r.spec.grad_accum, r.spec.repeat),
+        )
+        if natives:
+            found.append((role, natives[0]))
+    return found
+
+
+def compare_across(reference, candidate, *, weights) -> Any:
+    """``harness.parity.compare`` of runs that differ only in the fields of :data:`EXTRA_ROLES`.
+
+    The stage refuses specs that differ in a numbers-changing field; here that difference is the
+    point of the comparison, so the reference is compared as if it had the candidate's values.
+    """
+    from dataclasses import replace as replace_spec
+
+    from harness.parity import compare, task_tolerance
+
+    aligned = replace_spec(reference.spec, **{name: getattr(candidate.spec, name) for name in EXTRA_ROLES})
+    return compare(
+        reference.replace(spec=aligned),
+        candidate,
+        tolerance=task_tolerance(reference.spec.task, reference.spec.precision),
+        reference_weights=weights(reference),
+        candidate_weights=weights(candidate),
+    )
+
+
 def verdicts(results: list[dict[str, Any]], results_dir: Path) -> list[dict[str, Any]]:
-    """Every result's verdict against its reference (the report's partner rule) and its declaration."""
+    """Every result's verdicts: against its parity partners (the report's rule, harness.parity) with
+    what each is expected to give; compiled runs against native eager and one-rank DDP runs against
+    the plain process too (:func:`extra_partners`)."""
     from adapters.base import verdict_meets
-    from harness.parity import compare_files
+    from harness.parity import judge, partners, weights_from
     from harness.plan import request_for
     from harness.registry import RegistryError, get_adapter
-    from harness.tracking import parity_reference
+    from harness.result import Result
 
+    pool = [Result.from_dict(dict(result)) for result in results]
+    weights = weights_from([results_dir])
     rows = []
-    for result in results:
-        if result["status"] != "ok":
-            continue
-        reference = parity_reference(result, results)
-        if reference is None:
-            continue
-        spec = Spec.from_dict(result["spec"])
-        try:
-            adapter = get_adapter(spec.adapter)
-        except RegistryError:
-            continue
-        request = request_for(spec)
-        compiled_vs_eager = spec.compile and not reference["spec"].get("compile", False)
-        declared = adapter.expected_parity_vs_eager(request) if compiled_vs_eager else adapter.expected_parity(request)
-        verdict = compare_files(reference, result, results_dir)
+
+    def row(role: str, reference, candidate, verdict, expected) -> None:
         rows.append(
             {
-                "label": spec.label,
-                "reference": Spec.from_dict(reference["spec"]).label,
+                "label": candidate.spec.label,
+                "against": role,
+                "reference": reference.spec.label,
                 "verdict": verdict.verdict,
-                "declared": declared,
-                "meets": verdict_meets(declared, verdict.verdict),
+                "declared": expected,
+                "meets": expected in (None, "not-comparable") or verdict_meets(expected, verdict.verdict),
                 "detail": verdict.describe(),
             }
         )
+
+    for candidate in pool:
+        if not candidate.ok:
+            continue
+        for role, reference in partners(candidate, pool):
+            verdict = judge(role, reference, candidate, weights=weights)
+            row(role, reference, candidate, verdict, verdict.expected)
+        for role, reference in extra_partners(candidate, pool):
+            try:
+                adapter = get_adapter(candidate.spec.adapter)
+            except RegistryError:
+                continue
+            request = request_for(candidate.spec)
+            # eager: declared per adapter; no-ddp: one rank's all-reduce is the identity, so DDP must
+            # not change a number
+            expected = adapter.expected_parity_vs_eager(request) if role == "eager" else "bitwise"
+            row(role, reference, candidate, compare_across(reference, candidate, weights=weights), expected)
     return rows
 
 
@@ -708,7 +770,10 @@ def check(args: argparse.Namespace) -> int:
     ]
     summary["elapsed_s"] = state.elapsed()
     for row in summary["declarations_false"]:
-        state.log(f"declared {row['declared']} but measured {row['verdict']}: {row['label']} vs {row['reference']}")
+        state.log(
+            f"expected {row['declared']} but measured {row['verdict']}: {row['label']} vs {row['reference']} "
+            f"({row['against']} partner)"
+        )
     state.log(
         f"done in {state.elapsed():.0f} s: {len(all_results)} runs, "
         f"{len(summary['declarations_false'])} declarations not met"

@@ -201,4 +201,9 @@ def test_flash_fp16_on_cpu_skips_the_planted_step_and_compiles(tmp_path, plugin_
     compiled = run_spec(replace(overflow_spec("flash", precision="fp32", task="scaling"), compile=True), options)
     assert compiled["status"] == "ok" and compiled["summary"]["compile_events"] >= 1, compiled.get("error")
     request = request_for(Spec.from_dict(compiled["spec"]))
-    assert verdict_meets(adapter.expected_parity_vs_eager(request), compare_files(eager, compiled, tmp_path).verdict)
+    from harness.gpucheck import compare_across
+    from harness.parity import weights_from
+    from harness.result import Result
+
+    verdict = compare_across(Result.from_dict(eager), Result.from_dict(compiled), weights=weights_from([tmp_path]))
+    assert verdict_meets(adapter.expected_parity_vs_eager(request), verdict.verdict)

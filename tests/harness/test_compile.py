@@ -15,12 +15,26 @@ import pytest
 import torch
 
 from adapters.base import verdict_meets
-from harness.parity import compare_files
+from harness.gpucheck import compare_across, extra_partners
+from harness.parity import compare_files, partners, weights_from
 from harness.plan import request_for
 from harness.probe import Probe
 from harness.registry import get_adapter
+from harness.result import Result
 from harness.spec import Spec
-from harness.tracking import parity_reference
+
+
+def against_eager(eager: dict, compiled: dict, folder):
+    """The compiled run against native eager (the parity stage pairs it with native compiled only)."""
+    return compare_across(Result.from_dict(eager), Result.from_dict(compiled), weights=weights_from([folder]))
+
+
+def partner_ids(candidate: dict, pool: list[dict]) -> dict[str, str]:
+    """role → reference spec id: the parity stage's partners and the GPU check's extra ones."""
+    results = [Result.from_dict(r) for r in pool]
+    mine = Result.from_dict(candidate)
+    found = partners(mine, results) + extra_partners(mine, results)
+    return {role: reference.spec_id for role, reference in found}
 
 
 def tiny(adapter: str = "native", **fields) -> Spec:
@@ -76,13 +90,14 @@ def test_native_compiled_reports_compile_time_and_is_close_to_eager(inline):
     assert compiled["notes"]["compile_impl"] == "torch.compile(model)"
     assert compiled["notes"]["precision_observed"].startswith("not audited")
     assert eager["summary"].get("compile_events", 0) == 0 and "compile_setup_s" not in eager["summary"]
-    verdict = compare_files(eager, compiled, inline.results_dir)
+    verdict = against_eager(eager, compiled, inline.results_dir)
     declared = get_adapter("native").expected_parity_vs_eager(request_for(Spec.from_dict(compiled["spec"])))
     assert declared == "close" and verdict_meets(declared, verdict.verdict), verdict.describe()
     assert compiled["spec_id"] != eager["spec_id"] and "compiled" in Spec.from_dict(compiled["spec"]).label
-    # The report's partner rule: native compiled is measured against native eager.
-    assert parity_reference(compiled, [eager, compiled])["spec_id"] == eager["spec_id"]
-    assert parity_reference(eager, [eager, compiled]) is None
+    # The parity stage never pairs compiled with eager (plain compare refuses); the GPU check does.
+    assert compare_files(eager, compiled, inline.results_dir).verdict == "not-comparable"
+    assert partner_ids(compiled, [eager, compiled]) == {"eager": eager["spec_id"]}
+    assert partner_ids(eager, [eager, compiled]) == {}
 
 
 def check_adapter_compiled(inline, adapter_name: str, precision: str = "fp32") -> None:
@@ -96,9 +111,10 @@ def check_adapter_compiled(inline, adapter_name: str, precision: str = "fp32") -
     request = request_for(Spec.from_dict(result["spec"]))
     against_compiled = compare_files(native, result, inline.results_dir)
     assert against_compiled.verdict == adapter.expected_parity(request), against_compiled.describe()
-    against_eager = compare_files(eager, result, inline.results_dir)
-    assert verdict_meets(adapter.expected_parity_vs_eager(request), against_eager.verdict), against_eager.describe()
-    assert parity_reference(result, [eager, native, result])["spec_id"] == native["spec_id"]
+    eager_verdict = against_eager(eager, result, inline.results_dir)
+    assert verdict_meets(adapter.expected_parity_vs_eager(request), eager_verdict.verdict), eager_verdict.describe()
+    pool = [eager, native, result]
+    assert partner_ids(result, pool) == {"declared": native["spec_id"], "eager": eager["spec_id"]}
 
 
 def test_lightning_compiled_matches_its_declaration(inline):
