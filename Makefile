@@ -9,7 +9,8 @@ SUITE ?= quick
 PYTEST_ARGS ?=
 UI_PORT ?= 5000
 
-.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead envs golden lint lock clean help
+.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead envs golden lint lock clean help \
+	gpu-check gpu-dry-run gpu-wheels gpu-publish
 
 help:
 	@echo "make install   create $(VENV) and install bakeoff with every adapter library (idempotent)"
@@ -22,6 +23,10 @@ help:
 	@echo "make envs      build the isolated environments the standard suite uses (Flash ~1-2 min, ~180 MB; Lightning 2.1.4 ~5 s)"
 	@echo "make golden    regenerate the golden native trajectories (only when a change is meant to alter them)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
+	@echo "make gpu-check on the GPU machine: the whole GPU check in one command (its python3, no .venv; files to \$$OUT)"
+	@echo "make gpu-dry-run  the GPU check on this CPU at tiny sizes (CI runs it)"
+	@echo "make gpu-wheels   download the wheels the GPU image lacks into .whl/ (carry .whl to the GPU machine)"
+	@echo "make gpu-publish GPU_FILES=DIR  unpack the GPU machine's files, bakeoff ingest + report"
 	@echo "make lint      ruff check"
 	@echo "make lock      rewrite constraints/bench.txt from the current environment"
 	@echo "make clean     remove generated state (results, caches); keeps $(VENV)"
@@ -88,6 +93,21 @@ envs: $(STAMP)
 
 golden: $(STAMP)
 	$(BIN)/python -m tests.golden.regenerate
+
+# The GPU machine has its own python3 (torch, Lightning, transformers) and no .venv: the check
+# installs what it lacks from .whl/ and writes its three files to $OUT (harness/gpucheck.py).
+gpu-check:
+	PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py
+
+gpu-dry-run: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --device cpu
+
+gpu-wheels: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py fetch-wheels
+
+GPU_FILES ?= results/gpu-check-out
+gpu-publish: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py publish $(GPU_FILES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,7 +9,7 @@ runs the loop, and calls the probe from its library's own hook mechanism.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -58,6 +58,10 @@ class Request:
     traits: frozenset[str] = frozenset()
     """The model's family traits (``tasks.traits.TRAITS``): declared by the task, plus those the worker
     detected on the built model. A declaration may depend on them (e.g. ``weight-reuse``)."""
+    compile: bool = False
+    """torch.compile, the way the adapter's library does it."""
+    ddp: bool = False
+    """A one-rank process group with DDP wrapping (world size 1)."""
 
 
 @dataclass(kw_only=True)
@@ -104,6 +108,8 @@ class Job:
         if self.library_samples is None:
             self.library_samples = LibrarySamples()
         return self.library_samples
+    compile: bool = False
+    """Compile the model with torch.compile the way the library's users do (``Request.compile``)."""
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         return self.optimizer.build(params, lr=self.lr)
@@ -121,6 +127,8 @@ class Job:
             options=self.options,
             inferable=self.data.inferable,
             traits=self.traits,
+            compile=self.compile,
+            ddp=self.dist.enabled and self.dist.world_size == 1,
         )
 
 
@@ -135,6 +143,11 @@ def task_refusal(request: Request) -> str | None:
     if not reason:
         return None
     return f"task {task.name!r} cannot run {request.precision} on {request.device_type}: {reason}"
+
+
+def verdict_meets(declared: str, verdict: str) -> bool:
+    """Whether ``verdict`` satisfies a declaration: exact, except that bitwise is within any tolerance."""
+    return verdict == declared or (declared == "close" and verdict == "bitwise")
 
 
 class Unsupported(Exception):
@@ -154,6 +167,12 @@ class Adapter:
     """Whether the adapter can run under torchrun with world size > 1."""
     not_distributed_reason: ClassVar[str | None] = None
     """Why not, when ``distributed`` is False: the reason an ``unsupported`` DDP result carries."""
+    single_rank_ddp: ClassVar[bool] = False
+    """Whether the adapter joins a one-rank process group and wraps DDP when asked (``Request.ddp``)."""
+    compiles: ClassVar[str] = "model"
+    """What the library hands to torch.compile: ``"model"`` (the task module, as the native loop
+    does: the same graph, the same generated kernels) or ``"step"`` (more than the model: the
+    loss, or the whole train step, so inductor generates other kernels)."""
     environment: ClassVar[str | None] = None
     """An isolated environment its workers run in (``envs/<name>.txt``, see harness.envs); None: the main one."""
     variant_requirements: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -178,6 +197,8 @@ class Adapter:
             return (
                 self.not_distributed_reason or f"{self.name} cannot run distributed (world size {request.world_size})"
             )
+        if request.ddp and not self.single_rank_ddp:
+            return f"{self.name} is not wired to run DDP in a one-rank process group (ddp=true at world size 1)"
         return self.refuse(request)
 
     def refuse(self, request: Request) -> str | None:
@@ -185,8 +206,39 @@ class Adapter:
         return None
 
     def expected_parity(self, request: Request) -> str:
-        """The verdict this adapter declares against native for such a request."""
+        """The verdict this adapter declares against native for such a request.
+
+        For a compiled request the reference is native compiled the same way (``compile=true``);
+        subclasses answer it with :meth:`compiled_parity`.
+        """
+        if request.compile:
+            return self.compiled_parity(request)
         return "bitwise" if request.mode == "aligned" and request.precision == "fp32" else "not-comparable"
+
+    def compiled_parity(self, request: Request) -> str:
+        """The verdict of a compiled run against native compiled.
+
+        A library that compiles the task module alone runs native's compiled graph, so its eager
+        verdict carries over; one that compiles more (``compiles = "step"``) runs other generated
+        kernels (the loss fused into the graph, reductions reordered): ``close`` at best.
+        Measured on CPU in tests/harness/test_compile.py.
+        """
+        if request.mode != "aligned":
+            return "not-comparable"
+        eager = self.expected_parity(replace(request, compile=False))
+        return "close" if self.compiles == "step" and eager == "bitwise" else eager
+
+    def expected_parity_vs_eager(self, request: Request) -> str:
+        """The verdict a run declares against native *eager* (uncompiled) with otherwise the same spec.
+
+        Compiled runs: ``close``, i.e. within the task's tolerance for the precision. Inductor
+        regenerates the kernels (fused pointwise ops without intermediate rounding, reductions in
+        another order), so bitwise equality happens (bf16 here often is) but is never promised:
+        a bitwise result meets a declared ``close`` (:func:`verdict_meets`).
+        """
+        if not request.compile:
+            return self.expected_parity(request)
+        return "close" if request.mode == "aligned" else "not-comparable"
 
     def fit(self, job: Job) -> nn.Module:
         """Train ``job.model`` for ``job.steps`` optimizer steps; return the trained (unwrapped) model."""

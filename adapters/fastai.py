@@ -10,8 +10,14 @@ validation cancelled by a callback. ``defaults``: ``DataLoaders.from_dsets`` (fa
 ``TfmdDL``), fastai's own optimizer with the task's hyper-parameters mapped, the default
 callbacks, the task metric and validation every epoch.
 
-Precision: fastai's ``MixedPrecision`` hard-codes CUDA autocast and is a silent fp32 no-op on
-CPU, so on CPU bf16 runs through :class:`CpuBf16` (the same three hooks with CPU autocast).
+Precision: fastai's ``MixedPrecision`` (``learn.to_fp16()``) hard-codes ``autocast("cuda")`` and
+``GradScaler("cuda")``, which torch disables on a machine without CUDA: a silent fp32 run. So on
+CPU bf16 runs through :class:`CpuBf16` (the same three hooks with CPU autocast) and fp16 through
+:class:`CpuMixedPrecision` (fastai's own callback with the device changed to the CPU: its hooks,
+its GradScaler logic, its skipped-step handling). Skipped steps are counted by
+:class:`SkippedSteps` from fastai's ``after_cancel_step`` event, on every device.
+Compile: fastai has no option for it; its users compile the model by hand before building the
+``Learner`` (``Learner(dls, torch.compile(model))``), which is what the adapter does.
 DDP: fastai's ``distrib_ctx`` under torchrun. Its ``DistributedDL`` broadcasts indices as CUDA
 tensors, which gloo cannot do on CPU; ``DistributedTrainer`` leaves loaders that already are a
 ``DistributedDL`` as they are, so the adapter hands it pre-distributed loaders (see ``_DDP_ROUTE``).
@@ -138,6 +144,29 @@ class CpuBf16(Callback):
         self.autocast_context.__exit__(None, None, None)
 
 
+class CpuMixedPrecision(MixedPrecision):
+    """fastai's MixedPrecision with CPU autocast and a CPU GradScaler (fastai's own asks for CUDA)."""
+
+    def before_fit(self) -> None:
+        # fastai's before_fit with "cuda" replaced by "cpu" (calling it would build the CUDA pair first)
+        dtype = torch.float16 if self.amp_mode == AMPMode.FP16 else torch.bfloat16
+        self.kwargs["enabled"] = dtype == torch.float16
+        self.autocast = torch.autocast("cpu", dtype=dtype)
+        self.learn.scaler, self.scales = torch.amp.GradScaler("cpu", **self.kwargs), []
+
+
+class SkippedSteps(Callback):
+    """Counts optimizer steps fastai's MixedPrecision cancelled because the GradScaler found inf/NaN."""
+
+    run_valid = False
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def after_cancel_step(self) -> None:
+        self.count += 1
+
+
 # --------------------------------------------------------------------------- loaders
 
 
@@ -225,8 +254,6 @@ class FastaiAdapter(Adapter):
     library = "fastai"
 
     def refuse(self, request: Request) -> str | None:
-        if request.precision == "fp16-mixed" and request.device_type != "cuda":
-            return "fp16-mixed needs CUDA (fastai's MixedPrecision uses CUDA autocast and a CUDA GradScaler)"
         if request.mode == "defaults":
             try:
                 fastai_optimizer(request.task.optimizer)
@@ -235,6 +262,8 @@ class FastaiAdapter(Adapter):
         return None
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         if request.mode != "aligned":
             return "not-comparable"
         if request.precision != "fp32" and "loss-precision-sensitive" in request.traits:
@@ -243,8 +272,8 @@ class FastaiAdapter(Adapter):
             # When the loss has ops autocast leaves in low precision (a hand-written log-softmax),
             # that is another computation: measured diverged from step 1 on families[lowp-loss].
             return "diverged"
-        if request.precision == "fp16-mixed":
-            return "close"  # fastai's own GradScaler loop; not measured on CPU
+        # fp16: fastai's MixedPrecision unscales through GradScaler.step (a fake optimizer), steps the real
+        # optimizer, then update(): the native loop's math, bitwise on CPU (tests/adapters/test_fp16.py).
         if request.world_size > 1 and request.grad_accum > 1:
             # fastai all-reduces on every micro-batch (no no_sync): same sum, another float order.
             return "close"
@@ -255,7 +284,7 @@ class FastaiAdapter(Adapter):
             learn = self._aligned_learner(job)
         else:
             learn = self._defaults_learner(job)
-        self._add_precision(learn, job)
+        skipped = self._add_precision(learn, job)
         if job.grad_accum > 1:
             # fastai counts samples, not batches: step once every grad_accum micro-batches of batch_size.
             learn.add_cb(GradientAccumulation(n_acc=job.batch_size * job.grad_accum))
@@ -273,7 +302,8 @@ class FastaiAdapter(Adapter):
                 learn.fit(epochs, lr=job.lr)
         else:
             learn.fit(epochs, lr=job.lr)
-        return learn.model
+        job.notes["skipped_steps"] = skipped.count if skipped is not None else 0
+        return job.model if job.compile else learn.model
 
     def _aligned_learner(self, job: Job) -> Learner:
         batches = HarnessShards if job.dist.enabled else HarnessBatches
@@ -284,7 +314,7 @@ class FastaiAdapter(Adapter):
         job.notes["data"] = "harness sampler batches"
         return Learner(
             dls,
-            job.model,
+            self._model(job),
             loss_func=job.loss,
             opt_func=opt_func,
             lr=job.lr,
@@ -307,7 +337,7 @@ class FastaiAdapter(Adapter):
         samples = job.record_library_samples()
         learn = Learner(
             dls,
-            job.model,
+            self._model(job),
             loss_func=job.loss,
             opt_func=opt_func,
             lr=job.lr,
@@ -322,23 +352,49 @@ class FastaiAdapter(Adapter):
             "fastai's loader rng, random.Random(random.randint(...)) when the loader is built, from Python's random "
             "module, which the worker seeds from the spec seed"
             + (" (under DDP, rank 0's index list is broadcast to every rank)" if job.dist.enabled else "")
+=======
         )
         if not (hasattr(learn, "recorder") and hasattr(learn, "progress")):
             raise RuntimeError("fastai's default Recorder/ProgressCallback are missing")  # defaults must measure them
         return learn
 
-    def _add_precision(self, learn: Learner, job: Job) -> None:
+    @staticmethod
+    def _model(job: Job):
+        """The model the Learner trains: compiled by hand when asked (fastai has no compile option)."""
+        if not job.compile:
+            job.notes["compile_impl"] = None
+            return job.model
+        job.notes["compile_impl"] = "by hand: Learner(dls, torch.compile(model)) (fastai has no compile option)"
+        return torch.compile(job.model)
+
+    def _add_precision(self, learn: Learner, job: Job) -> SkippedSteps | None:
+        """Add the precision callbacks; return the skipped-step counter when a GradScaler is in play."""
         name = job.precision.name
+        job.notes["grad_scaler"] = None
         if name == "fp32":
             job.notes["precision_impl"] = "fp32"
-        elif job.device.type == "cuda":
-            learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16 if name == "bf16-mixed" else AMPMode.FP16))
-            job.notes["precision_impl"] = f"fastai MixedPrecision({name}, CUDA autocast)"
-        elif name == "bf16-mixed":
+            return None
+        if name == "bf16-mixed" and job.device.type == "cpu":
             learn.add_cb(CpuBf16())
             job.notes["precision_impl"] = (
                 "bakeoff CpuBf16 callback: torch.autocast(cpu, bfloat16, cache_enabled=True) from before_batch to "
                 "after_loss, prediction cast to fp32 in after_pred (fastai's MixedPrecision is CUDA-only)"
             )
+            return None
+        amp_mode = AMPMode.BF16 if name == "bf16-mixed" else AMPMode.FP16
+        if job.device.type == "cuda":
+            learn.to_fp16(amp_mode=amp_mode)
+            job.notes["precision_impl"] = (
+                f"fastai learn.to_fp16(amp_mode={amp_mode.value!r}): MixedPrecision, CUDA autocast"
+            )
         else:
-            raise Unsupported(f"{name} needs CUDA with fastai")
+            learn.add_cb(CpuMixedPrecision(amp_mode=amp_mode))
+            job.notes["precision_impl"] = (
+                "fastai MixedPrecision with the device set to the CPU (CpuMixedPrecision): learn.to_fp16() on CPU "
+                "asks for autocast('cuda') and GradScaler('cuda'), which torch disables without CUDA (silent fp32)"
+            )
+        skipped = SkippedSteps()
+        learn.add_cb(skipped)
+        if amp_mode == AMPMode.FP16:
+            job.notes["grad_scaler"] = f"fastai MixedPrecision: torch.amp.GradScaler({job.device.type!r})"
+        return skipped

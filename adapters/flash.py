@@ -20,7 +20,14 @@ classification task, ``num_classes`` by hand (see reports/inference.py).
 - ``defaults``: ``flash.Trainer`` as a new user gets it (logger, progress bar, checkpointing,
   sanity validation) with shuffling loaders and a validation loader; a classification task
   gets Flash's default metric (Accuracy) and the ``num_classes`` the user had to state.
-- precision: Lightning 1.9's ``precision=32 | "bf16" | 16``; the probe: a Lightning 1.9 ``Callback``.
+- precision: Lightning 1.9's ``precision=32 | "bf16" | 16``. On CPU Lightning 1.9 replaces
+  ``precision=16`` with ``"bf16"`` (a warning), so fp16 on CPU passes Lightning 1.9's own plugin
+  instead: ``plugins=[MixedPrecisionPlugin(16, "cpu", scaler=torch.amp.GradScaler("cpu"))]``;
+- compile: ``trainer.fit(torch.compile(task))``. Flash has no option of its own, but
+  pytorch-lightning 1.9.5's ``Trainer.fit`` unwraps an ``OptimizedModule`` (its experimental
+  ``from_compiled``: the task's ``forward`` and step methods run compiled);
+- the probe: a Lightning 1.9 ``Callback``, which also keeps the GradScaler's scale for the
+  skipped-step count.
 - pretrained weights: Flash's backbones catch a failed download and silently build the
   backbone with ``pretrained=False`` (a warning only). :func:`pretrained_fallbacks` finds that
   warning; the adapter records it and refuses to call such a run pretrained.
@@ -35,6 +42,7 @@ from typing import Any
 
 from adapters.base import Adapter, Job, Request, Unsupported
 from adapters.trainer_common import ALIGNED_SWITCHES, defaults_notes, describe_precision, trainer_options
+from kernels.precision import skipped_from_scales
 
 FLASH_PRECISION = {"fp32": 32, "bf16-mixed": "bf16", "fp16-mixed": 16}
 """The harness's precision names → Lightning 1.9's ``Trainer(precision=...)`` values."""
@@ -62,6 +70,7 @@ def make_probe_callback(probe: Any, grad_accum: int):
 
         def __init__(self) -> None:
             self.steps_seen = 0
+            self.scales: list = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
             loss = outputs["loss"]
@@ -69,6 +78,9 @@ def make_probe_callback(probe: Any, grad_accum: int):
             if trainer.global_step > self.steps_seen:
                 self.steps_seen = trainer.global_step
                 probe.step_end()
+                scaler = getattr(trainer.precision_plugin, "scaler", None)
+                if scaler is not None:  # fp16: the scale stays on the device, no per-step host sync
+                    self.scales.append(scaler._scale.detach().clone())
 
     return ProbeCallback()
 
@@ -82,18 +94,16 @@ def flash_optimizer(job: Job):
 class FlashAdapter(Adapter):
     name = "flash"
     style = "high-level"
+    compiles = "step"  # Lightning 1.9's from_compiled compiles the task's training_step too
     library = "lightning-flash"
     environment = "flash"
     precisions = ("fp32", "bf16-mixed", "fp16-mixed")
     distributed = False
     """Not wired: Flash's Trainer is Lightning 1.9's, whose DDP join of an existing torchrun group is untested here."""
 
-    def refuse(self, request: Request) -> str | None:
-        if request.precision == "fp16-mixed" and request.device_type != "cuda":
-            return "flash (Lightning 1.9) runs fp16-mixed with a GradScaler on CUDA only"
-        return None
-
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         # Measured on CPU (notes/issue-11.md): aligned fp32 and bf16-mixed runs are bitwise equal
         # to native; Lightning 1.9's automatic optimization is the native loop's math.
         if request.mode == "aligned" and request.grad_accum & (request.grad_accum - 1) == 0:
@@ -145,30 +155,65 @@ class FlashAdapter(Adapter):
             job.notes["pretrained_fallback_warnings"] = fallbacks
 
         probe_callback = make_probe_callback(job.probe, job.grad_accum)
-        options = {**trainer_options(job, FLASH_PRECISION[job.precision.name]), "callbacks": [probe_callback]}
+        options = {**precision_options(job), "callbacks": [probe_callback]}
         if job.mode == "aligned":
             trainer = flash.Trainer(**options, **ALIGNED_SWITCHES, replace_sampler_ddp=False)
-            trainer.fit(task, train_dataloader=job.train_loader)
+            trainer.fit(compiled(task, job), train_dataloader=job.train_loader)
             job.notes["sampler"] = f"harness {type(job.sampler).__name__} (replace_sampler_ddp=False)"
         else:
             trainer = flash.Trainer(**options)
             samples = job.record_library_samples()
             train_loader = DataLoader(samples.dataset(job.data.train), batch_size=job.batch_size, shuffle=True)
             valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
-            trainer.fit(task, train_dataloader=train_loader, val_dataloaders=valid_loader)
+            trainer.fit(compiled(task, job), train_dataloader=train_loader, val_dataloaders=valid_loader)
             samples.describe_torch_sampler(train_loader.sampler, job.seed)
             samples.batches_per_epoch = int(trainer.num_training_batches)
             job.notes["sampler"] = type(train_loader.sampler).__name__
             job.notes.update(defaults_notes(trainer))
 
-        job.notes["trainer_precision"] = str(options["precision"])
+        job.notes["trainer_precision"] = str(options.get("precision", "plugin"))
         job.notes["precision_impl"] = describe_precision(trainer, "pytorch_lightning 1.9")
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        job.notes["grad_scaler"] = (
+            f"{type(scaler).__name__} in Lightning 1.9's MixedPrecisionPlugin" if scaler is not None else None
+        )
+        job.notes["skipped_steps"] = (
+            skipped_from_scales(scaler._init_scale, probe_callback.scales) if scaler is not None else 0
+        )
         job.notes["pytorch_lightning"] = _version("pytorch-lightning")
         job.notes["optimizer_steps"] = trainer.global_step
         job.notes["flash_image"] = flash_image_status()  # after training: its import is not timed
         return job.model.to(job.device)
 
 
+def compiled(task, job: Job):
+    """The task as ``trainer.fit`` gets it: ``torch.compile(task)`` when asked (Lightning 1.9.5 unwraps it)."""
+    if not job.compile:
+        job.notes["compile_impl"] = None
+        return task
+    import torch
+
+    job.notes["compile_impl"] = (
+        "trainer.fit(torch.compile(task)): pytorch-lightning 1.9.5 unwraps it (from_compiled, experimental)"
+    )
+    return torch.compile(task)
+
+
+def precision_options(job: Job) -> dict[str, Any]:
+    """The shared Trainer options with Lightning 1.9's ``precision=`` flag, or its plugin where the flag
+    would be swapped for bf16 (fp16 on CPU)."""
+    options = trainer_options(job, FLASH_PRECISION[job.precision.name])
+    if job.precision.name == "fp16-mixed" and job.device.type == "cpu":
+        import torch
+        from pytorch_lightning.plugins.precision import MixedPrecisionPlugin
+
+        job.notes["precision_route"] = (
+            "plugins=[MixedPrecisionPlugin(16, 'cpu', scaler=GradScaler('cpu'))]: Trainer(precision=16) on CPU "
+            "would be replaced by 'bf16' (Lightning 1.9 warns and swaps)"
+        )
+        del options["precision"]
+        options["plugins"] = [MixedPrecisionPlugin(16, "cpu", scaler=torch.amp.GradScaler("cpu"))]
+    return options
 def flash_image_status() -> str:
     """Whether Flash's image tasks (``ImageClassifier``: the domain task API) can be built here."""
     from flash.core.utilities import imports

@@ -5,7 +5,13 @@ plain ``nn.Module`` on a tensor and apply the task's loss (the documented hook f
 loss), a ``TrainerCallback`` feeds the probe, mixed precision is ``bf16=True`` / ``fp16=True``
 (accelerate autocasts the model's forward), DDP is accelerate's ``DistributedDataParallel``
 on the process group torchrun (and the worker) already set up, gradient accumulation is
-``gradient_accumulation_steps``.
+``gradient_accumulation_steps``, compilation is ``torch_compile=True`` (accelerate calls
+``torch.compile`` on the prepared model).
+
+fp16 on CPU is refused: ``fp16=True`` there trains in fp32 without a word — accelerate enables
+fp16 autocast and its GradScaler only off the CPU (``Accelerator.__init__``: ``native_amp`` needs
+``device.type != "cpu"``), so the run would be labelled fp16 and be fp32
+(tests/adapters/test_hf_trainer.py shows the fp32 activations).
 
 ``aligned``: ``get_train_dataloader`` (a documented extension point) iterates the harness's
 sampler, the task's optimizer comes in through ``optimizers=(optimizer, constant schedule)``,
@@ -26,6 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, get_consta
 from transformers.trainer_callback import PrinterCallback
 
 from adapters.base import Adapter, Job, Request
+from kernels.precision import skipped_from_scales
 from kernels.sampling import base_sampler
 
 INPUTS, LABELS = "inputs", "labels"
@@ -61,14 +68,28 @@ def describe_sampler(loader: DataLoader) -> str:
     return " > ".join(names) or type(loader.sampler).__name__
 
 
+FP16_CPU_REASON = (
+    "Trainer(fp16=True) trains in fp32 on CPU: accelerate turns on fp16 autocast and its GradScaler only on an "
+    "accelerator (Accelerator: native_amp requires device.type != 'cpu'), so the run would be mislabelled"
+)
+
+
 class ProbeCallback(TrainerCallback):
-    """Marks the end of each optimizer step (after the update, scheduler step and zero_grad)."""
+    """Marks the end of each optimizer step (after the update, scheduler step and zero_grad).
+
+    With fp16 it also keeps accelerate's GradScaler scale after every step (a device tensor, no
+    host sync), from which the skipped steps are counted after training.
+    """
 
     def __init__(self, probe) -> None:
         self.probe = probe
+        self.scaler = None
+        self.scales: list[torch.Tensor] = []
 
     def on_step_end(self, args, state, control, **kwargs):
         self.probe.step_end()
+        if self.scaler is not None:
+            self.scales.append(self.scaler._scale.detach().clone())
 
 
 class TaskTrainer(Trainer):
@@ -109,10 +130,12 @@ class HFTrainerAdapter(Adapter):
 
     def refuse(self, request: Request) -> str | None:
         if request.precision == "fp16-mixed" and request.device_type != "cuda":
-            return "Trainer fp16=True needs a CUDA device (GradScaler); use bf16-mixed on CPU"
+            return FP16_CPU_REASON
         return None
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         if request.mode != "aligned":
             return "not-comparable"
         # Measured on CPU (tests/adapters/test_hf_trainer.py, notes/issue-6-hf.md): the Trainer runs
@@ -141,6 +164,7 @@ class HFTrainerAdapter(Adapter):
             "fp16": job.precision.name == "fp16-mixed",
             "use_cpu": job.device.type == "cpu",
             "report_to": "none",
+            "torch_compile": job.compile,
         }
         if job.mode == "defaults":
             # What a new user writes: hyper-parameters only. Everything else is the library's default.
@@ -175,6 +199,7 @@ class HFTrainerAdapter(Adapter):
         else:
             optimizers, harness_loader = (None, None), None
             train_dataset = job.record_library_samples().dataset(job.data.train)  # coverage of its own loader
+        probe_callback = ProbeCallback(job.probe)
         trainer = TaskTrainer(
             model=job.model,
             args=args,
@@ -182,17 +207,28 @@ class HFTrainerAdapter(Adapter):
             train_dataset=train_dataset,
             eval_dataset=job.data.valid,
             optimizers=optimizers,
-            callbacks=[ProbeCallback(job.probe)],
+            callbacks=[probe_callback],
             task_loss=job.loss,
             probe=job.probe,
             harness_loader=harness_loader,
         )
         if aligned:
             trainer.remove_callback(PrinterCallback)  # prints the final metrics dict; nothing to log
+        probe_callback.scaler = trainer.accelerator.scaler
         trainer.train()
         self.record(job, trainer, aligned)
-        # Undo accelerate's wrapping (DDP and the autocast forward), returning the task's own module.
-        return trainer.accelerator.unwrap_model(trainer.model_wrapped, keep_fp32_wrapper=False)
+        scaler = trainer.accelerator.scaler
+        job.notes["skipped_steps"] = skipped_from_scales(scaler._init_scale, probe_callback.scales) if scaler else 0
+        job.notes["grad_scaler"] = f"accelerate {type(scaler).__name__}" if scaler is not None else None
+        job.notes["compile_impl"] = (
+            f"TrainingArguments(torch_compile=True): accelerate torch.compile(backend={args.torch_compile_backend!r})"
+            if job.compile
+            else None
+        )
+        # Undo accelerate's wrapping (compile, DDP and the autocast forward), returning the task's own module.
+        return trainer.accelerator.unwrap_model(
+            trainer.model_wrapped, keep_fp32_wrapper=False, keep_torch_compile=False
+        )
 
     @staticmethod
     def record(job: Job, trainer: Trainer, aligned: bool) -> None:
@@ -201,6 +237,10 @@ class HFTrainerAdapter(Adapter):
         precision = accelerator.mixed_precision
         if precision == "no":
             job.notes["precision_impl"] = "fp32"
+        elif not accelerator.native_amp:  # accelerate's fp16 off an accelerator: neither autocast nor scaler
+            job.notes["precision_impl"] = (
+                f"fp32: accelerate mixed_precision={precision!r} without native AMP on {accelerator.device.type}"
+            )
         else:
             handler = getattr(accelerator, "autocast_handler", None)
             cache = getattr(handler, "cache_enabled", None)
@@ -231,4 +271,4 @@ class HFTrainerAdapter(Adapter):
         job.notes["distributed"] = _value(accelerator.distributed_type)
         job.notes["optimizer_steps"] = trainer.state.global_step
         job.notes["inferred"] = "nothing: the Trainer takes a built model; num_labels is a config value, not inferred"
-        job.notes["skipped_steps"] = 0 if accelerator.scaler is None else "not tracked"
+

@@ -27,6 +27,11 @@ What Keras cannot do here is refused with the reason rather than run wrongly:
 - DDP: ``fit`` on the torch backend has no data-parallel support (``keras.distribution`` is
   JAX-only; Keras' multi-device torch guide drops ``fit`` for a hand-written loop around DDP).
 
+Compile is Keras' own option: ``model.compile(..., jit_compile=True)``, which on the torch
+backend wraps the whole train step (forward, loss, backward, optimizer) in ``torch.compile``.
+fp16-mixed in ``aligned`` is the harness precision inside ``train_step``: CPU or CUDA autocast
+with ``torch.amp.GradScaler`` (Keras' ``mixed_float16`` policy is refused, see above).
+
 The probe is a ``keras.callbacks.Callback`` (:class:`ProbeCallback`).
 """
 
@@ -108,6 +113,15 @@ def resolved_metric_names(model: keras.Model) -> list[str]:
     return names
 
 
+def compile_note(model: keras.Model, requested: bool) -> str | None:
+    """What Keras did with ``jit_compile``: on torch it is ``torch.compile`` around the train step."""
+    if not requested:
+        return None
+    if not model.jit_compile:  # Keras turns it off (with a warning) where torch cannot compile
+        raise Unsupported("Keras switched jit_compile off on this torch backend")
+    return "model.compile(jit_compile=True): Keras' torch trainer wraps its train step in torch.compile"
+
+
 class TaskModel(keras.Model):
     """The task's torch module as a Keras model.
 
@@ -143,13 +157,22 @@ class TaskModel(keras.Model):
             loss = job.loss(self(inputs, training=True), targets)
         job.precision.backward(loss / job.grad_accum)
         self.last_loss = loss.detach()
-        self._micro_batches += 1
-        if self._micro_batches % job.grad_accum == 0:
+        if self._completes_step():
             job.precision.optimizer_step(self.torch_optimizer)
             self.torch_optimizer.zero_grad(set_to_none=True)
         # No logs: Keras would turn each logged tensor into a Python float after every batch
         # (a device sync the native loop does not have); the probe reads ``last_loss`` instead.
         return {}
+
+    @torch.compiler.disable
+    def _completes_step(self) -> bool:
+        """Count this micro-batch; True when it completes an optimizer step.
+
+        Kept out of ``jit_compile``'s graph: dynamo treats a module's integer attributes as
+        constants, so counting inside the compiled train step recompiles it at every batch.
+        """
+        self._micro_batches += 1
+        return self._micro_batches % self.job.grad_accum == 0
 
 
 class ProbeCallback(keras.callbacks.Callback):
@@ -202,6 +225,7 @@ class SamplerEpochCallback(keras.callbacks.Callback):
 class KerasAdapter(Adapter):
     name = "keras"
     style = "high-level"
+    compiles = "step"  # jit_compile wraps the whole train step (forward, loss, backward, optimizer)
     library = "keras"
     distributed = False
     not_distributed_reason = DISTRIBUTED_REASON
@@ -217,6 +241,8 @@ class KerasAdapter(Adapter):
         return None
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         # Measured on CPU for fp32, bf16-mixed and accumulation (notes/issue-6-keras.md): aligned
         # runs the native loop's operations in the same order inside Keras' fit, so every step
         # loss and every weight is bitwise equal. fp16-mixed (CUDA) takes the same harness
@@ -243,7 +269,7 @@ class KerasAdapter(Adapter):
         # by pulling one batch from the loader, an extra pass that moves the harness sampler to
         # its next epoch and draws from the global RNG (the DataLoader iterator's base seed).
         model.build((None, *job.data.inferable.input_shape))
-        model.compile(optimizer=None)  # the torch optimizer lives in train_step
+        model.compile(optimizer=None, jit_compile=job.compile)  # the torch optimizer lives in train_step
         batches_per_epoch = len(job.train_loader)
         micro_batches = job.steps * job.grad_accum
         model.fit(
@@ -268,6 +294,8 @@ class KerasAdapter(Adapter):
                     else "fp32"
                 ),
                 "skipped_steps": job.precision.skipped_steps,
+                "grad_scaler": getattr(job.precision, "describe_scaler", lambda: None)(),
+                "compile_impl": compile_note(model, job.compile),
                 "optimizer": f"torch.optim.{job.optimizer.name} (task recipe) in an overridden Keras train_step",
                 "loss": "task loss (torch) in train_step",
                 "data": "harness DataLoader passed to fit (steps_per_epoch = one harness epoch)",
@@ -290,7 +318,7 @@ class KerasAdapter(Adapter):
                 return job.loss(y_pred, y_true.to(target_dtype))
 
             loss_note = "task loss (torch) as a Keras loss function"
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=job.compile)
         train_x, train_y = job.data.train.tensors
         valid_x, valid_y = job.data.valid.tensors
         micro_batches = job.steps * job.grad_accum
@@ -320,6 +348,7 @@ class KerasAdapter(Adapter):
         job.notes.update(
             {
                 "precision_impl": "fp32",
+                "compile_impl": compile_note(model, job.compile),
                 "optimizer": f"keras.optimizers.{type(optimizer).__name__}({arguments})",
                 "loss": loss_note,
                 "data": "fit(x, y, batch_size, shuffle=True): Keras' own shuffling; validation after every epoch",

@@ -4,7 +4,12 @@ The module owns the math (``training_step`` returns the task's loss, ``configure
 builds the task's torch optimizer); the Trainer owns the loop. Everything else goes through
 Lightning's own options, as a Lightning user would write it:
 
-- precision: ``Trainer(precision="32-true" | "bf16-mixed" | "16-mixed")``;
+- precision: ``Trainer(precision="32-true" | "bf16-mixed" | "16-mixed")``. On CPU Lightning
+  replaces ``"16-mixed"`` with ``"bf16-mixed"`` (a warning from its accelerator connector), so
+  fp16 on CPU goes through Lightning's documented plugin route instead:
+  ``plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]``;
+- compile: ``trainer.fit(torch.compile(module))``, as Lightning's docs show; Lightning unwraps
+  the ``OptimizedModule`` and compiles the module's ``forward`` and ``training_step``;
 - DDP: ``strategy="ddp"`` under torchrun. Lightning detects torchrun through its
   ``TorchElasticEnvironment`` and, because the worker has already created the process group,
   ``_init_dist_connection`` returns early and the strategy joins that group;
@@ -41,6 +46,7 @@ from adapters.trainer_common import (
     step_autocast,
     trainer_options,
 )
+from kernels.precision import skipped_from_scales
 
 try:  # Lightning >= 2.1 (2.4's plugins.precision exports only this name)
     from lightning.pytorch.plugins.precision import MixedPrecision
@@ -115,12 +121,9 @@ class ProbeCallback(L.Callback):
     def skipped_steps(self, trainer: L.Trainer) -> int:
         """Optimizer steps the GradScaler skipped: the scale drops exactly when a step was skipped."""
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is None or not self.grad_scales:
+        if scaler is None:
             return 0
-        scales = torch.cat(
-            [torch.tensor([scaler._init_scale]), torch.stack(self.grad_scales).float().cpu().reshape(-1)]
-        )
-        return int((scales[1:] < scales[:-1]).sum())
+        return skipped_from_scales(scaler._init_scale, self.grad_scales)
 
 
 @contextlib.contextmanager
@@ -148,12 +151,16 @@ def seeded_like_a_lightning_user(seed: int):
 class LightningAdapter(Adapter):
     name = "lightning"
     style = "inheritance"
+    compiles = "step"  # from_compiled compiles training_step too: the loss is inside the graph
     library = "lightning"
     # ``lightning@<version>`` (harness.envs.variant_spec): Lightning before 2.4 declares its
     # namespace packages with ``pkg_resources``, which setuptools 81 removed.
     variant_requirements = {"<2.4": ("setuptools<81",)}
+    single_rank_ddp = True  # strategy="ddp" with one device joins the worker's one-rank process group
 
     def expected_parity(self, request: Request) -> str:
+        if request.compile:
+            return self.compiled_parity(request)
         # Measured on CPU (notes/issue-4.md, notes/issue-17.md): aligned runs are bitwise equal to
         # native in fp32 and bf16-mixed, single process and 2-rank gloo DDP, with and without
         # accumulation, on every model family but one. Lightning's autocast region (training_step:
@@ -184,15 +191,31 @@ class LightningAdapter(Adapter):
 
         return Version(requested) >= Version("2.6.0")
 
+    def precision_options(self, job: Job) -> dict[str, Any]:
+        """``precision=`` as Lightning users pass it, or its plugin where the flag would not mean it.
+
+        ``Trainer(precision="16-mixed", accelerator="cpu")`` trains in bf16 (Lightning swaps it, with a
+        warning); the plugin with a CPU GradScaler is what fp16 on CPU takes in Lightning.
+        """
+        options = trainer_options(job, LIGHTNING_PRECISION[job.precision.name])
+        if job.precision.name == "fp16-mixed" and job.device.type == "cpu":
+            job.notes["precision_route"] = (
+                "plugins=[MixedPrecision('16-mixed', 'cpu', GradScaler('cpu'))]: Trainer(precision='16-mixed') "
+                "on CPU would be replaced by 'bf16-mixed' (Lightning's accelerator connector warns and swaps)"
+            )
+            del options["precision"]
+            options["plugins"] = [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]
+        return options
+
     def fit(self, job: Job):
         probe_callback = ProbeCallback(job.probe)
-        options = trainer_options(job, LIGHTNING_PRECISION[job.precision.name])
+        options = self.precision_options(job)
         if job.mode == "aligned":
             module = TaskModule(job, log_metrics=False)
             trainer = L.Trainer(
                 **options, **ALIGNED_SWITCHES, use_distributed_sampler=False, callbacks=[probe_callback]
             )
-            trainer.fit(module, train_dataloaders=job.train_loader)
+            trainer.fit(torch.compile(module) if job.compile else module, train_dataloaders=job.train_loader)
             job.notes["sampler"] = f"harness {type(job.sampler).__name__} (use_distributed_sampler=False)"
         else:
             samples = job.record_library_samples()
@@ -201,7 +224,8 @@ class LightningAdapter(Adapter):
                 trainer = L.Trainer(**options, callbacks=[probe_callback])
                 train_loader = DataLoader(samples.dataset(job.data.train), batch_size=job.batch_size, shuffle=True)
                 valid_loader = DataLoader(job.data.valid, batch_size=job.batch_size)
-                trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=valid_loader)
+                fitted = torch.compile(module) if job.compile else module
+                trainer.fit(fitted, train_dataloaders=train_loader, val_dataloaders=valid_loader)
             samples.describe_torch_sampler(trainer.train_dataloader.sampler, job.seed)
             samples.batches_per_epoch = int(trainer.num_training_batches)
             if samples.follows_spec_seed and isinstance(trainer.train_dataloader.sampler, DistributedSampler):
@@ -219,8 +243,19 @@ class LightningAdapter(Adapter):
         job.notes["cluster_environment"] = (
             type(trainer.strategy.cluster_environment).__name__ if job.dist.enabled else None
         )
-        job.notes["trainer_precision"] = options["precision"]
+        job.notes["trainer_precision"] = options.get("precision", "plugin")
+        job.notes["grad_scaler"] = describe_scaler(trainer)
+        job.notes["compile_impl"] = (
+            "trainer.fit(torch.compile(module)): Lightning compiles forward and training_step" if job.compile else None
+        )
         job.notes["optimizer_steps"] = trainer.global_step
         # Strategy.teardown moves the module to the CPU at the end of fit; the harness evaluates
         # and digests the model on the job's device.
         return job.model.to(job.device)
+
+
+def describe_scaler(trainer: L.Trainer) -> str | None:
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None:
+        return None
+    return f"torch.amp.GradScaler({getattr(scaler, '_device', '?')!r}) in Lightning's MixedPrecision plugin"

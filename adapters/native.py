@@ -2,11 +2,13 @@
 
 Every other adapter is measured against this one, so it does the obvious thing and nothing
 else: the harness's batches, the task's optimizer, autocast around forward + loss, the loss
-divided by the accumulation count, DDP gradient sync only on the last micro-batch.
+divided by the accumulation count, DDP gradient sync only on the last micro-batch. With
+``compile`` the model is ``torch.compile``d before DDP wraps it, as nanoGPT does.
 """
 
 from __future__ import annotations
 
+import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from adapters.base import Adapter, Job
@@ -19,10 +21,11 @@ class NativeAdapter(Adapter):
     style = "native"
     library = None
     modes = ("aligned",)  # the native loop has no library defaults to measure
+    single_rank_ddp = True
 
     def fit(self, job: Job):
         model = job.model
-        train_model = wrap_ddp(model, job.dist)
+        train_model = wrap_ddp(torch.compile(model) if job.compile else model, job.dist)
         optimizer = job.make_optimizer(model.parameters())
         precision = job.precision
         batches = endless(job.train_loader)
@@ -53,4 +56,8 @@ class NativeAdapter(Adapter):
             else "fp32"
         )
         job.notes["skipped_steps"] = precision.skipped_steps
+        job.notes["grad_scaler"] = getattr(precision, "describe_scaler", lambda: None)()
+        job.notes["wrapper"] = type(train_model).__name__  # DistributedDataParallel whenever a process group is up
+        compiled = "torch.compile(model), inside DDP" if job.dist.enabled else "torch.compile(model)"
+        job.notes["compile_impl"] = compiled if job.compile else None
         return model

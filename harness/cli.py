@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="task option, repeatable (e.g. -o width=256)")
     run.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
     _add_threads_option(run, "the run")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the model the way the adapter's library does (compile time is reported "
+                          "on its own, outside the step times)")
+    run.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 matmuls and convolutions (CUDA only)")
+    run.add_argument("--ddp", action="store_true",
+                     help="at world size 1, still run under torchrun with a process group and DDP (NCCL on one GPU)")
     _add_run_options(run, default_dir=DEFAULT_RESULTS / "runs")
     run.add_argument("--nnodes", type=int, default=1, help="machines the DDP job spans (run this on each)")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous for --nnodes > 1")
@@ -248,6 +254,9 @@ def _spec_from_args(args: argparse.Namespace) -> Spec:
         options=options,
         deterministic=not args.nondeterministic,
         threads=_threads(args),
+        compile=args.compile,
+        tf32=args.tf32,
+        ddp=args.ddp,
     )
     return with_code_identity(spec)  # a plugin's code is part of the spec id; a broken plugin: exit 2
 
@@ -286,6 +295,10 @@ def one_line(result: dict[str, Any]) -> str:
         metric = result.get("task", {}).get("metric_name", "metric")
         if "eval_metric" in summary:
             parts.append(f"{metric} {summary['eval_metric']:.4f}")
+        if "mfu" in summary:
+            parts.append(f"MFU {100 * summary['mfu']:.2f}%")
+        if summary.get("compile_s"):
+            parts.append(f"compile {summary['compile_s']:.1f} s")
         parts.append(f"weights {str(result.get('weights_digest'))[:16]}")
         if "coverage" in result:
             from harness.coverage import describe

@@ -12,7 +12,7 @@ import os
 from adapters.base import Request
 from harness.registry import RegistryError, adapter_entry, adapter_table, get_adapter, get_task
 from harness.spec import Spec, SpecError
-from kernels.precision import PrecisionError, make_precision
+from kernels.precision import TF32_CPU_REASON, PrecisionError, make_precision
 from tasks.base import Task
 
 
@@ -37,6 +37,8 @@ def request_for(spec: Spec, task: Task | None = None, traits: frozenset[str] | N
         device_type=spec.device,
         options=dict(spec.options),
         traits=traits,
+        compile=spec.compile,
+        ddp=spec.ddp,
     )
 
 
@@ -79,6 +81,8 @@ def check_spec(spec: Spec) -> None:
 
 def unsupported_reason(spec: Spec) -> str | None:
     """Why the adapter cannot run this (valid) spec here, or None."""
+    if spec.tf32 and spec.device != "cuda":
+        return TF32_CPU_REASON
     try:
         adapter = get_adapter(spec.adapter)
     except RegistryError as error:

@@ -89,7 +89,7 @@ def worker_command(spec: Spec, spec_file: Path, options: RunOptions, launch_wall
             "--max-restarts", "0", "--monitor-interval", "0.5",
             *worker_args,
         ]
-    if spec.world_size == 1:
+    if spec.world_size == 1 and not spec.ddp:
         return [options.python, *worker_args]
     # torchrun's --standalone picks a free local port through the c10d rendezvous.
     return [

@@ -111,6 +111,13 @@ class Spec:
     threads: int | None = None
     """Intra-op CPU threads per rank; None: the automatic split (CPU cores // ranks on the node).
     CPU float reductions depend on the thread count, so the layout is part of the run's identity."""
+    compile: bool = False
+    """torch.compile the model the way the adapter's library does it (compile time is its own figure)."""
+    tf32: bool = False
+    """Allow TF32 tensor-core math for fp32 matmuls and convolutions (CUDA only; off means IEEE fp32)."""
+    ddp: bool = False
+    """At world size 1: still join a process group (NCCL on CUDA) and wrap the model in DDP.
+    Larger world sizes always do."""
 
     def __post_init__(self) -> None:
         for name in ("task", "adapter"):
@@ -147,8 +154,11 @@ class Spec:
         if self.lr > 100:
             raise SpecError(f"lr {self.lr} is over the limit of 100")
         object.__setattr__(self, "lr", float(self.lr))
-        if not isinstance(self.deterministic, bool):
-            raise SpecError(f"deterministic must be true or false, got {self.deterministic!r}")
+        for name in ("deterministic", "compile", "tf32", "ddp"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.ddp and self.world_size > 1:
+            raise SpecError("ddp=true is for world size 1 only (larger world sizes always run DDP)")
         if not isinstance(self.options, Mapping):
             raise SpecError(f"options must be a table of task options, got {self.options!r}")
         for key, value in self.options.items():
@@ -190,10 +200,18 @@ class Spec:
         parts = [self.task + (f"[{options}]" if options else ""), self.adapter, self.mode, self.precision]
         if self.world_size > 1:
             parts.append(f"ws{self.world_size}")
+        if self.ddp:
+            parts.append("ddp1")
         if self.grad_accum > 1:
             parts.append(f"acc{self.grad_accum}")
         if self.threads is not None:
             parts.append(f"t{self.threads}")
+        if self.compile:
+            parts.append("compiled")
+        if self.tf32:
+            parts.append("tf32")
+        if not self.deterministic:
+            parts.append("nondet")
         parts.append(f"s{self.seed}")
         if self.repeat:
             parts.append(f"r{self.repeat}")

@@ -168,12 +168,20 @@ def startup(device: str) -> Suite:
     )
 
 
+def gpu(device: str) -> Suite:
+    """What a lent GPU must show (harness/gpucheck.py): alignment in fp32/bf16/fp16/TF32, compile, DDP, ~100M charlm."""
+    from harness.gpucheck import gpu_suite
+
+    return replace(gpu_suite(device), description=gpu.__doc__)
+
+
 BUILTIN: dict[str, Callable[[str], Suite]] = {
     "smoke": smoke,
     "quick": quick,
     "cost": cost,
     "standard": standard,
     "startup": startup,
+    "gpu": gpu,
 }
 
 

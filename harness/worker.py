@@ -26,13 +26,20 @@ WORKER_START_WALL_NS = time.time_ns()
 LAUNCH = "fresh"
 """How this worker process started: ``fresh`` (its own interpreter), ``zygote`` (forked), ``inline``."""
 
+from harness.environment import REPO_ROOT  # noqa: E402
+
+# torch.compile's kernels persist across processes in an ignored folder of the checkout, so the
+# second compile of a graph is a cache load (seconds) instead of a C++/Triton build (a minute).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO_ROOT / ".cache" / "inductor"))
+
 import torch  # noqa: E402
 
 from adapters.base import Adapter, Job, Unsupported  # noqa: E402
-from harness import coverage, environment  # noqa: E402
+from harness import coverage, environment, flops  # noqa: E402
 from harness.durations import after_warmup, step_durations_ns  # noqa: E402
 from harness.plan import request_for  # noqa: E402
 from harness.plugins import verify as verify_plugin_code  # noqa: E402
+from harness.precision_audit import PrecisionAudit, precision_problem  # noqa: E402
 from harness.probe import Probe  # noqa: E402
 from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
 from harness.registry import adapter_identity, get_adapter, get_task, task_data_problem, task_identity  # noqa: E402
@@ -40,7 +47,7 @@ from harness.result import base_result, result_path, weights_digest, weights_pat
 from harness.spec import THREADS_ENV, Spec, SpecError  # noqa: E402
 from kernels.determinism import set_determinism  # noqa: E402
 from kernels.distributed import DistContext, all_reduce_mean, gather_objects, init_from_env, shutdown  # noqa: E402
-from kernels.precision import make_precision  # noqa: E402
+from kernels.precision import TF32_CPU_REASON, make_precision, set_tf32, tf32_flags  # noqa: E402
 from kernels.sampling import ShardedBatchSampler, batch_loader  # noqa: E402
 from tasks.traits import detect_traits  # noqa: E402
 
@@ -375,6 +382,69 @@ def build_job(spec: Spec, task, context: DistContext, probe: Probe, *, workdir: 
         grad_accum=spec.grad_accum,
         probe=probe,
         workdir=str(workdir),
+        compile=spec.compile,
+    )
+
+
+def load_compiler() -> float:
+    """Import torch.compile's machinery before the fit clock starts; return the seconds it took.
+
+    The first ``torch.compile(...)`` call in a process imports ~600 modules (seconds), and it is
+    made inside each adapter's fit, before any compile callback fires: it would land unmarked in
+    the first step. Loading it here, the same for every adapter, makes it the figure
+    ``compile_setup_s`` instead.
+    """
+    started = time.perf_counter()
+    torch.compile(torch.nn.Identity())  # builds the wrapper only: nothing is compiled until a call
+    # A process that already ran a compiled spec (run_inline, a batch of specs) would reuse that
+    # run's compiled code for a model of the same class and report no compile time at all.
+    torch._dynamo.reset()
+    return time.perf_counter() - started
+
+
+def compile_figures(trajectory, tracked: bool) -> dict[str, Any]:
+    """Compile time as its own figure: host seconds spent compiling inside the fit, and how often.
+
+    The step clock already excludes it (the probe pauses during compilation); ``compile_s`` is
+    where it went. ``compile_tracked`` False: dynamo was never loaded, so nothing was compiled.
+    """
+    if not tracked:
+        return {"compile_tracked": False}
+    return {
+        "compile_tracked": True,
+        "compile_s": sum(record["compile_s"] for record in trajectory.compiles),
+        "compile_events": len(trajectory.compiles),
+    }
+
+
+def utilisation_figures(spec: Spec, job: Job, result: dict[str, Any]) -> None:
+    """FLOPs per step (counted once per task configuration), the device's measured peak, and MFU.
+
+    Runs after training and evaluation, so neither the count nor a first peak measurement is
+    inside any timed figure. A task whose model cannot be counted records why instead.
+    """
+    try:
+        result["flops"] = flops.step_flops(
+            job.task, job.options, job.data, batch_size=spec.batch_size, grad_accum=spec.grad_accum,
+            world_size=spec.world_size,
+        )
+    except Exception as error:  # a plugin model the meta device cannot build: say so, keep the run
+        result["flops"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        return
+    dtype = flops.peak_dtype(spec.precision, tf32=spec.tf32, device_type=spec.device)
+    try:
+        peak = flops.peak(spec.device, dtype)
+    except Exception as error:
+        result["peak_flops"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        return
+    result["peak_flops"] = peak
+    summary = result["summary"]
+    summary["flops_per_step"] = result["flops"]["per_step"]
+    gpus = torch.cuda.device_count() if spec.device == "cuda" else 0
+    devices = flops.devices_used(spec.device, spec.world_size, gpus)
+    summary["peak_flops_per_s"] = peak["flops_per_s"] * devices
+    summary.update(
+        flops.utilisation(summary["flops_per_step"], summary.get("median_step_us"), peak["flops_per_s"], devices)
     )
 
 
@@ -419,12 +489,18 @@ def run(
     layout = configure_threads(spec.device, spec.threads)
     result["threads"] = {**layout, "per_rank": None}
     context = init_from_env(spec.device)
+    context = init_from_env(spec.device, process_group=spec.ddp)
     result["_rank"] = context.rank
     probe = Probe(context.device)
     job: Job | None = None
+    audit: PrecisionAudit | None = None
+    compiles_tracked = False
     try:
         check_thread_layout(spec)
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
+        if spec.tf32 and spec.device != "cuda":
+            raise Unsupported(TF32_CPU_REASON)
+        result["tf32"] = {"requested": spec.tf32, "set": set_tf32(spec.tf32, spec.device)}
         task = get_task(spec.task)
         import_start = time.perf_counter()
         adapter = get_adapter(spec.adapter)
@@ -454,17 +530,28 @@ def run(
         # Declared again with the traits detected on the built model (a plugin task may declare none),
         # here where the library version that runs is imported.
         result["declared_parity"] = adapter.expected_parity(job.request)
-        autocast = AutocastObserver(job.model, job.device.type)
+        # Not on a compiled run: hooks present while dynamo traces would enter the graph.
+        autocast = None if spec.compile else AutocastObserver(job.model, job.device.type)
         eval_every = eval_every if task.target_metric is not None else 0  # only time-to-target needs it
         if eval_every:
             probe.evaluate_every(eval_every, lambda: evaluate(job))
         # Reseed right before training: dropout masks and any library RNG use start from the
         # same state in every adapter, whatever building the data consumed.
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
+        if not spec.compile:  # hooks present while dynamo traces would enter the graph
+            audit = PrecisionAudit(job.model)
+            probe.after_first_step(audit.detach)
+        if spec.compile:
+            result["summary"]["compile_setup_s"] = load_compiler()
+        if spec.compile or "torch._dynamo" in sys.modules:  # importing dynamo only to listen costs seconds
+            compiles_tracked = probe.track_compiles()
         probe.fit_start()
         trained = adapter.fit(job)
-        job.notes["autocast"] = autocast.record()
+        job.notes["autocast"] = autocast.record() if autocast else {
+            "enabled": None, "observed_at": "not observed: a compiled run (hooks would enter the graph)"}
+        probe.stop_tracking_compiles()
         job.model = trained
+        result["tf32"]["after_fit"] = tf32_flags()
         losses = all_reduce_mean(probe.step_losses(), context)
         # One gather after training: every rank's thread count and trained sample ids.
         gathered = gather_objects({"threads": torch.get_num_threads(), "draws": rank_draws(job, probe)}, context)
@@ -476,7 +563,10 @@ def run(
         if eval_every:
             result["trajectory"]["evals"] = trajectory.evals
             result["summary"]["eval_every"] = eval_every
+        if trajectory.compiles:
+            result["trajectory"]["compiles"] = trajectory.compiles
         result["summary"].update(summarize(spec, trajectory.step_end_ns, warmup))
+        result["summary"].update(compile_figures(trajectory, compiles_tracked))
         result["summary"].update(
             time_to_target(trajectory.evals, trajectory.step_end_ns, task.target_metric, task.higher_is_better)
         )
@@ -485,7 +575,17 @@ def run(
                 startup_figures(launch, launch_wall_ns, ready_wall_ns, trajectory.first_step_wall_ns)
             )
         bad = next((i for i, loss in enumerate(trajectory.losses) if not torch.isfinite(torch.tensor(loss))), None)
-        if bad is not None:
+        mislabelled = None
+        if audit is not None:
+            audit.detach()
+            job.notes["precision_observed"] = audit.record()
+            mislabelled = precision_problem(spec.precision, audit.judged)
+        else:
+            job.notes["precision_observed"] = "not audited: the model was compiled (hooks would enter the graph)"
+        if mislabelled:
+            result["status"] = "failed"
+            result["error"] = f"precision not as labelled: {mislabelled}"
+        elif bad is not None:
             result["status"] = "failed"
             result["error"] = f"non-finite loss ({trajectory.losses[bad]}) at step {bad}"
         elif len(trajectory.losses) != spec.steps:
@@ -502,6 +602,7 @@ def run(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(state, path)
                 result["weights_file"] = path.name
+            utilisation_figures(spec, job, result)
     except Unsupported as reason:
         result["status"] = "unsupported"
         result["error"] = str(reason)
@@ -517,6 +618,9 @@ def run(
         except Exception:
             pass
     finally:
+        probe.stop_tracking_compiles()
+        if audit is not None:
+            audit.detach()
         if job is not None:
             result["notes"] = job.notes
         result["summary"].update(peak_memory())
@@ -568,7 +672,7 @@ def run_inline(
     at the price of sharing the caller's process state. Timing figures from it are not the
     harness's measurements (it writes no ``startup_s``); use the runner for those.
     """
-    if spec.world_size != 1:
+    if spec.world_size != 1 or spec.ddp:
         raise ValueError("run_inline runs single-process specs only; use harness.runner for DDP")
     result = run(
         spec,

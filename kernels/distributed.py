@@ -29,7 +29,8 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """A process group is up (world size > 1, or a one-rank group asked for with ``ddp``)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -41,11 +42,12 @@ def launcher_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_from_env(device_type: str, *, timeout_s: float = 120.0) -> DistContext:
+def init_from_env(device_type: str, *, timeout_s: float = 120.0, process_group: bool = False) -> DistContext:
     """Join the process group torchrun described, or return a single-process context.
 
     gloo on CPU; NCCL on CUDA when every rank has its own GPU, otherwise gloo with CUDA
-    tensors (NCCL refuses two ranks on one GPU).
+    tensors (NCCL refuses two ranks on one GPU). ``process_group``: join one even at world
+    size 1 (launched by torchrun with one rank), so DDP and NCCL run on a single device.
     """
     world_size = launcher_world_size()
     rank = int(os.environ.get("RANK", "0"))
@@ -59,7 +61,7 @@ def init_from_env(device_type: str, *, timeout_s: float = 120.0) -> DistContext:
     else:
         device = torch.device("cpu")
         backend = "gloo"
-    if world_size == 1:
+    if world_size == 1 and not process_group:
         return DistContext(device=device)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))

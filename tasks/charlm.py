@@ -2,6 +2,10 @@
 
 The corpus is generated deterministically from a tiny grammar by default, or read from a text
 file given by the ``corpus`` option; validation loss and perplexity are reported.
+
+``preset`` names a size: ``gpt2-100m`` is GPT-2-small's shape (width 768, 12 heads, 1024-token
+context) with 14 layers, so that with a character vocabulary (no 38M-parameter token embedding)
+it has ~100M parameters; it is the GPU task size. Options given next to a preset override it.
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ class CharGPT(nn.Module):
         return self.head(self.norm(self.blocks(x)))
 
 
+PRESETS = {
+    "gpt2-100m": {"width": 768, "heads": 12, "layers": 14, "block_size": 1024, "characters": 2_000_000},
+}
+"""Named sizes: each fills the options it names unless the spec gives them."""
+
+
 def perplexity(loss: float) -> float:
     """exp(mean cross entropy), capped so a diverged run reports a large finite number."""
     return math.exp(min(loss, 50.0))
@@ -88,6 +98,7 @@ class CharLM(Task):
     }
     precision_drift = STANDARD_DRIFT
     options = {
+        "preset": None,
         "corpus": None,
         "characters": 60_000,
         "block_size": 64,
@@ -102,6 +113,12 @@ class CharLM(Task):
     @staticmethod
     def metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.exp(F.cross_entropy(output.reshape(-1, output.size(-1)), target.reshape(-1)))
+
+    def resolve_options(self, given):
+        preset = given.get("preset")
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"task option 'preset': unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        return super().resolve_options({**PRESETS.get(preset, {}), **given})
 
     def validate_options(self, options) -> None:
         if options["corpus"] is not None and not Path(options["corpus"]).is_file():

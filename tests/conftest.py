@@ -37,6 +37,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_peak_cache(tmp_path_factory):
+    """Device peaks measured while tests load the machine must not land in the checkout's cache,
+    where real runs would read them (an underestimated peak overstates MFU)."""
+    folder = tmp_path_factory.mktemp("bakeoff-cache")
+    previous = os.environ.get("BAKEOFF_CACHE_DIR")
+    os.environ["BAKEOFF_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("BAKEOFF_CACHE_DIR", None)
+    else:
+        os.environ["BAKEOFF_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def private_tracking_store(tmp_path, monkeypatch):
     """No test writes to the repository's MLflow store or report folder."""

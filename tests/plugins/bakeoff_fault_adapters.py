@@ -81,6 +81,18 @@ class NanAdapter(NativeAdapter):
         return super().fit(job)
 
 
+class SilentFp32Adapter(NativeAdapter):
+    """Accepts any precision and trains in fp32 without a word (what some libraries do on CPU)."""
+
+    name = "fault-silent-fp32"
+
+    def fit(self, job):
+        from kernels.precision import Precision
+
+        job.precision = Precision()
+        return super().fit(job)
+
+
 class KillRankOneAdapter(_FaultAdapter):
     """Rank 1 of a DDP job dies by SIGKILL; rank 0 must still end as a failed result."""
 
