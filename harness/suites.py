@@ -30,6 +30,11 @@ class Suite:
     repeats: int = 1
     eval_every: int = 0
     """Validation every N steps in every run, for time-to-target (0: only after training)."""
+    cost: str = "process"
+    """``process``: cost from the process-per-spec runs only; ``paired``: also the paired in-process cost
+    pass over the suite's cells (``bakeoff cost``), which ``bench`` runs after the specs."""
+    cost_protocol: dict[str, Any] = field(default_factory=dict)
+    """The paired pass's protocol (``harness.cost.paired.Protocol`` fields; ``imports``/``instructions`` sub-tables)."""
 
 
 def _spec(task: str, adapter: str, device: str, **fields: Any) -> Spec:
@@ -143,7 +148,8 @@ def get_suite(name: str, device: str) -> Suite:
     return BUILTIN[name](device)
 
 
-SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "runs"}
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "runs", "cost", "cost_protocol"}
+COST_MODES = ("process", "paired")
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
@@ -183,8 +189,20 @@ def load_suite_file(path: Path, device: str) -> Suite:
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SpecError("suite description must be a string")
+    cost, cost_protocol = document.get("cost", "process"), document.get("cost_protocol", {})
+    if cost not in COST_MODES:
+        raise SpecError(f"suite cost must be one of: {', '.join(COST_MODES)}, got {cost!r}")
+    if not isinstance(cost_protocol, dict):
+        raise SpecError("suite cost_protocol must be a table")
     return Suite(
-        name=name, description=description, specs=specs, warmup=warmup, repeats=repeats, eval_every=eval_every
+        name=name,
+        description=description,
+        specs=specs,
+        warmup=warmup,
+        repeats=repeats,
+        eval_every=eval_every,
+        cost=cost,
+        cost_protocol=cost_protocol,
     )
 
 
