@@ -161,7 +161,8 @@ def worker(plan: dict[str, Any], log_path: Path) -> int:
 # --------------------------------------------------------------------------- orchestrator
 
 
-def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path) -> list[str]:
+def valgrind_options(out_dir: Path) -> list[str]:
+    """callgrind counting nothing until a window opens, main thread separately, function-level costs."""
     from harness.cost.valgrind import instrumentation_can_start
 
     return [
@@ -172,6 +173,12 @@ def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path
         "--separate-threads=yes",
         "--dump-line=no",
         f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+    ]
+
+
+def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path) -> list[str]:
+    return [
+        *valgrind_options(out_dir),
         python,
         "-m",
         "harness.cost.instructions",
