@@ -36,7 +36,6 @@ import gc
 import json
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -77,7 +76,7 @@ ARMS = ("native", "adapter")
 class Protocol:
     """How a cell is measured; stored in every result so figures are read with their method."""
 
-    rounds: int = 30
+    rounds: int = 40
     """Measured rounds (each: one fit per arm, in a random order balanced over the rounds)."""
     steps: int = 100
     """Optimizer steps per fit, warm-up included. At most one epoch of the harness loader, so no
@@ -153,6 +152,9 @@ class Arms:
         self.adapters: dict[str, Adapter] = {"native": get_adapter("native"), "adapter": get_adapter(spec.adapter)}
         self.workroot = workroot
         self.context = DistContext()
+        self.fits = 0
+        """Fits so far: names each fit's scratch folder, the same in every run (no random names, which
+        would change the heap's layout, and with it instruction counts, from one run to the next)."""
 
     def unsupported(self) -> str | None:
         spec = self.specs["adapter"]
@@ -175,8 +177,10 @@ class Arms:
             on_window_start=on_window_start,
             on_window_end=on_window_end,
         )
-        self.workroot.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{arm}-", dir=self.workroot))
+        self.fits += 1
+        scratch = self.workroot / f"{self.specs['adapter'].spec_id}-{self.fits:05d}-{arm}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
         try:
             job = build_job(spec, self.task, self.context, probe, workdir=scratch)
             set_determinism(spec.seed, deterministic=spec.deterministic)  # as the worker does, right before fit
