@@ -22,7 +22,7 @@ from typing import Any
 from harness.cost.analysis import meets_target
 
 CLOCKS = ("wall", "thread")
-TOP_GROUPS = 6
+TOP_GROUPS = 8
 
 
 def by_kind(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -284,7 +284,8 @@ def attribution_plot(records: Iterable[dict[str, Any]], *, title: str | None = N
             cells.append(record)
     if not cells:
         return None
-    palette = plt.get_cmap("tab20").colors
+    # Distinct colours for the folders, none of them grey (grey is "other" and "spends less").
+    palette = [c for c in (*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors) if len(set(c)) > 1]
     colors: dict[str, Any] = {}
     figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(cells) + 3), 4.8))
     labels = []

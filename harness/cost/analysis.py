@@ -229,6 +229,7 @@ def attribute(
         "profiled_difference_us": profiled,
         "paired_difference_us": paired_total_us,
         "inflation": profiled / paired_total_us if paired_total_us and paired_total_us > 0 else None,
+        # (the measuring code replaces it with the ratio on the profiler's own clock when it has it)
         "top": top_sites,
         "other_extra": entry(f"{len(rest)} other call sites", "other", sum(s.extra_us for s in rest)),
         "native_only": entry(

@@ -255,8 +255,14 @@ def count_syncs(arms: Arms, fits: int) -> dict[str, Any]:
     return out
 
 
-def profile(arms: Arms, protocol: Protocol, paired_total_us: float | None) -> dict[str, Any]:
-    """Profile both arms' steady-state steps over a few rounds and attribute the difference."""
+def profile(
+    arms: Arms, protocol: Protocol, paired_total_us: float | None, paired_thread_us: float | None = None
+) -> dict[str, Any]:
+    """Profile both arms' steady-state steps over a few rounds and attribute the difference.
+
+    ``paired_total_us`` (wall) is what the shares are applied to; ``paired_thread_us`` (the same
+    rounds' thread-clock difference) gives the profiler's inflation on its own clock.
+    """
     profilers = {arm: WindowProfiler() for arm in ARMS}
     steps = (protocol.steps - protocol.warmup) * protocol.profile_rounds
     for order in balanced_orders(protocol.profile_rounds, protocol.order_seed + 1):
@@ -273,6 +279,9 @@ def profile(arms: Arms, protocol: Protocol, paired_total_us: float | None) -> di
         top=protocol.top_sites,
     )
     attribution.update(profiler="cProfile", profile_clock="thread", total_clock="wall", steps=steps)
+    # The profiler's inflation on its own clock: profiled difference over the unprofiled one, both thread time.
+    profiled = attribution["profiled_difference_us"]
+    attribution["inflation"] = profiled / paired_thread_us if paired_thread_us and paired_thread_us > 0 else None
     return attribution
 
 
@@ -329,8 +338,10 @@ def measure_cell(
         if protocol.sync_fits:
             record["syncs"] = count_syncs(arms, protocol.sync_fits)
         if protocol.profile_rounds:
-            difference = record["summary"]["wall"]["difference"]
-            record["attribution"] = profile(arms, protocol, difference["value"] if difference else None)
+            wall, thread = (record["summary"][clock]["difference"] for clock in ("wall", "thread"))
+            record["attribution"] = profile(
+                arms, protocol, wall["value"] if wall else None, thread["value"] if thread else None
+            )
     except SpecError as error:
         record.update(status="failed", error=str(error))
     except Exception as error:
