@@ -619,7 +619,8 @@ def _add_cost_parser(commands) -> None:
     other.add_argument("--instruction-steps", type=int, default=None, help="steps per fit (25)")
     other.add_argument("--instruction-warmup", type=int, default=None, help="steps left out (5)")
     cost.add_argument("--results-dir", type=_safe_dir, default=None, help="where records go (default: results/cost)")
-    cost.add_argument("--timeout", type=_positive_float, default=900.0, help="seconds per cell process (default: 900)")
+    cost.add_argument("--timeout", type=_positive_float, default=1800.0,
+                      help="seconds per cell process (default: 1800)")
     cost.add_argument("--force", action="store_true", help="measure again cells already measured with this protocol")
     cost.add_argument("--dry-run", action="store_true", help="list the cells and the protocol without measuring")
     cost.epilog = ("exit status: 0 every cell measured (or unsupported); 1 a measurement failed; 2 bad input. "

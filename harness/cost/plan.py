@@ -148,6 +148,11 @@ def default_cells(args: argparse.Namespace, device: str) -> list[Spec]:
         else _ordered_adapters(include_isolated=False)
     )
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    from harness.spec import MODES
+
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise SpecError(f"unknown mode {unknown[0] if unknown else args.modes!r}; choose from: {', '.join(MODES)}")
     cells = []
     for name in adapters:
         try:
@@ -227,7 +232,7 @@ def plan_for_suite(suite, results_dir: Path, device: str) -> CostPlan:
         no_aa=False,
         device=device,
         results_dir=results_dir,
-        timeout_s=900.0,
+        timeout_s=1800.0,
         force=False,
         dry_run=False,
     )
@@ -263,6 +268,12 @@ def build_plan(
     if no_aa:
         cells = [spec for spec in cells if spec.adapter != "native"]
     listed = table.pop("passes", None)
+    if listed is not None and not (
+        isinstance(listed, str) or (isinstance(listed, list) and all(isinstance(p, str) for p in listed))
+    ):
+        raise SpecError(f"[cost_protocol] passes must be a list of pass names, got {listed!r}")
+    if isinstance(listed, str):
+        listed = [listed]
     chosen = parse_passes(passes) if passes else parse_passes(",".join(listed or DEFAULT_PASSES))
     imports_table, instructions_table = table.pop("imports", {}), table.pop("instructions", {})
     for name, value in (("imports", imports_table), ("instructions", instructions_table)):

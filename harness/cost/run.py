@@ -83,7 +83,7 @@ def run_paired(
     results_dir: Path,
     *,
     progress: Callable[[str], None] | None = None,
-    timeout_s: float = 900.0,
+    timeout_s: float = 1800.0,
     force: bool = False,
     python: str = sys.executable,
 ) -> list[dict[str, Any]]:
@@ -108,7 +108,7 @@ def run_paired(
             if progress is not None:
                 progress(f"[{index}/{len(cells)}] {one_line(existing)} (done earlier)")
             continue
-        cell_started = time.perf_counter()
+        cell_started, launched_at = time.perf_counter(), time.time()
         with tempfile.TemporaryDirectory(prefix="bakeoff-cost-") as scratch:
             spec_file, protocol_file = Path(scratch) / "spec.json", Path(scratch) / "protocol.json"
             spec_file.write_text(spec.canonical_json())
@@ -135,7 +135,7 @@ def run_paired(
                     timed_out = True
                 output.seek(0)
                 tail = output.read()[-STDERR_TAIL:].decode("utf-8", "replace")
-            record = _read_new(path, cell_started)
+            record = _read_new(path, launched_at)
             if record is None:
                 reason = f"timed out after {timeout_s:g} s" if timed_out else f"worker exited with {process.returncode}"
                 record = _failure(spec, protocol, f"{reason} without a result", tail)
@@ -163,8 +163,9 @@ def _existing(path: Path, protocol) -> dict[str, Any] | None:
     return record
 
 
-def _read_new(path: Path, since: float) -> dict[str, Any] | None:
-    if not path.exists() or path.stat().st_mtime < time.time() - (time.perf_counter() - since) - 1:
+def _read_new(path: Path, launched_at: float) -> dict[str, Any] | None:
+    """The record the worker just wrote (an older file from a previous run does not count)."""
+    if not path.exists() or path.stat().st_mtime < launched_at - 1:
         return None
     try:
         return cost_record.read(path)

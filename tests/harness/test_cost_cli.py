@@ -51,7 +51,8 @@ BAD = [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--precision", "fp16-mixed"], "fp16-mixed needs a CUDA device"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--adapters", "lightning", "--no-aa", "--modes", "sideways"], "no cells to measure"),
+    (["--adapters", "lightning", "--no-aa", "--modes", "sideways"], "unknown mode 'sideways'"),
+    (["--adapters", "native", "--no-aa"], "no cells to measure"),
     (["--results-dir", "../up"], "refusing a path that climbs out"),
 ]
 
