@@ -360,6 +360,17 @@ def markdown(records: Sequence[dict[str, Any]], *, title: str, machine: str) -> 
     rows = overhead_rows(records)
     lines = [f"# {title}", "", f"Machine: {machine}.", ""]
     lines += [
+        "Method: one process per cell alternates the native loop and the adapter on identical jobs, round by "
+        "round, in a random order balanced over the rounds; a round's figure per arm is the mean per "
+        "steady-state step; the cell's figure is the median of the per-round paired differences with a "
+        "bootstrap 95% CI over rounds. Instructions: callgrind, the main thread's instructions in each arm's "
+        "steady-state window, one valgrind process per run. The verdict clock is wall time where its CI "
+        "half-width meets max(5 µs, 2% of the native step), else instructions (they do not drift with the "
+        "machine's load); '≈ µs' converts instructions at native's measured wall rate on the same machine "
+        "(an estimate).",
+        "",
+    ]
+    lines += [
         "## Overhead per step (paired, in one process)",
         "",
         "| cell | verdict clock | wall overhead µs/step [95% CI] | ratio | thread CPU µs/step | instructions/step "

@@ -102,7 +102,9 @@ def test_attribution_names_the_planted_function(tmp_path):
     ), attribution["top"][:3]
     # Self-timed on the profiler's own clock: its extra own time is the planted 50 µs, profiled or not.
     assert 45.0 <= top["profiled_us"] <= 50.0 + ALLOWANCE_US + 5.0, top
-    assert attribution["placed_share"] is not None and attribution["steps"] == 60
+    assert attribution["steps"] == 60
+    # (the profiled arms' totals carry the machine's noise, so their difference, and with it the
+    # shares, may even be negative on a loaded machine; the planted site's own time cannot)
     buckets = [*attribution["top"], attribution["other_extra"], attribution["native_only"], attribution["unplaced"]]
     assert sum(entry["profiled_us"] for entry in buckets) == pytest.approx(attribution["profiled_difference_us"])
 
