@@ -118,7 +118,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- worker (under valgrind)
 
 
-def worker(plan: dict[str, Any], log_path: Path) -> int:
+def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -> int:
     """Measure every cell of the plan in this process; collection only inside the windows."""
     from harness.cost.valgrind import client
 
@@ -131,7 +131,7 @@ def worker(plan: dict[str, Any], log_path: Path) -> int:
     protocol = InstructionProtocol(**plan["protocol"])
     torch.set_num_threads(protocol.threads)
     log = WindowLog(requests, log_path)
-    workroot = Path(plan["workroot"])
+    workroot = Path(workroot or plan["workroot"])
     cells = []
     for spec_data in plan["cells"]:  # building the arms imports every library before instrumentation
         spec = Spec.from_dict(spec_data)
@@ -179,6 +179,8 @@ def valgrind_options(out_dir: Path) -> list[str]:
 
 
 def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path) -> list[str]:
+    """The worker under callgrind; its fits' scratch folders live in its own run folder, since runs
+    go side by side and their folder names are the same on purpose (deterministic)."""
     return [
         *valgrind_options(out_dir),
         python,
@@ -189,6 +191,8 @@ def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path
         str(plan_path),
         "--log",
         str(log_path),
+        "--workroot",
+        str(out_dir / "work"),
     ]
 
 
@@ -493,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     work = commands.add_parser("worker", help="(internal) measure a plan; run under valgrind")
     work.add_argument("--plan", required=True, type=Path)
     work.add_argument("--log", required=True, type=Path)
+    work.add_argument("--workroot", type=Path, default=None, help="scratch folder for the fits (default: the plan's)")
     args = parser.parse_args(argv)
-    return worker(json.loads(args.plan.read_text()), args.log)
+    return worker(json.loads(args.plan.read_text()), args.log, args.workroot)
 
 
 if __name__ == "__main__":
