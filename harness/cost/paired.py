@@ -309,6 +309,7 @@ def measure_cell(
 ) -> dict[str, Any]:
     """The whole paired measurement of one cell in this process, as a ``bakeoff.cost/1`` record."""
     started = time.perf_counter()
+    threads_before = torch.get_num_threads()  # restored after: an in-process caller keeps its own thread count
     torch.set_num_threads(protocol.threads)
     specs = arm_specs(spec, protocol.steps)
     record: dict[str, Any] = {
@@ -351,6 +352,7 @@ def measure_cell(
         library = record.get("adapter", {}).get("library")
         record["environment"] = environment.capture(tuple(p for p in [library] if p))
         record["elapsed_s"] = time.perf_counter() - started
+        torch.set_num_threads(threads_before)
     return record
 
 

@@ -24,6 +24,7 @@ late: ``ALLOWANCE_US`` above the planted duration is still the planted cost.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from harness.cost.analysis import paired
 from harness.cost.paired import Arms, Protocol, count_syncs, measure_cell
@@ -50,7 +51,9 @@ def interval(record: dict, clock: str):
 
 
 def test_native_against_native_gives_zero_within_its_ci(tmp_path):
+    threads = torch.get_num_threads()
     record = measure_cell(cell("native"), PROTOCOL, tmp_path)
+    assert torch.get_num_threads() == threads  # the caller's own setting comes back (other tests run here)
     assert record["status"] == "ok", record["error"]
     assert len(record["rounds"]) == 12
     assert sorted(tuple(r["order"]) for r in record["rounds"]).count(("adapter", "native")) == 6
