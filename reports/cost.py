@@ -15,11 +15,18 @@ note that it missed the target. The main-thread CPU clock is always shown beside
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import io
+import json
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from harness.cost.analysis import meets_target
+from harness.cost.record import read_folder
+from harness.environment import REPO_ROOT
 
 CLOCKS = ("wall", "thread")
 TOP_GROUPS = 8
@@ -272,7 +279,7 @@ def attribution_plot(records: Iterable[dict[str, Any]], *, title: str | None = N
     segment is what the profile could not place. The diamond and its bar are the paired total with
     its CI, which the segments add up to.
     """
-    import matplotlib
+    import matplotlib  # here, not at the top: the table rows are read without loading matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -456,9 +463,6 @@ def _publishable(record: dict[str, Any]) -> dict[str, Any]:
 
 def report_id(records: Sequence[dict[str, Any]]) -> str:
     """12 hex digits over the records' content: the same records, the same folder name."""
-    import hashlib
-    import json
-
     text = json.dumps(sorted((_publishable(r) for r in records), key=_sort_key), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -469,15 +473,10 @@ def _sort_key(record: dict[str, Any]) -> str:
 
 def write_report(records: Sequence[dict[str, Any]], folder, *, title: str, machine: str) -> dict[str, Any]:
     """``report.md``, ``records.json`` (every record, paths stripped) and ``attribution.png`` in ``folder``."""
-    import json
-    from pathlib import Path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clean = sorted((_publishable(r) for r in records), key=_sort_key)
     text = json.dumps(clean, indent=1, sort_keys=True)
-    from harness.environment import REPO_ROOT
-
     if str(REPO_ROOT) in text:
         raise ValueError("a cost record still holds a path of this machine; not publishing it")
     written = {"records.json": folder / "records.json", "report.md": folder / "report.md"}
@@ -494,12 +493,6 @@ def write_report(records: Sequence[dict[str, Any]], folder, *, title: str, machi
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m reports.cost RESULTS_DIR --out FOLDER --machine TEXT``: a cost report from record files."""
-    import argparse
-    import sys
-    from pathlib import Path
-
-    from harness.cost.record import read_folder
-
     parser = argparse.ArgumentParser(prog="python -m reports.cost", description=main.__doc__.split(":")[0])
     parser.add_argument("results", nargs="+", type=Path, help="folders of bakeoff.cost/1 records")
     parser.add_argument("--out", type=Path, required=True, help="output folder (its name gets -<report id> added)")

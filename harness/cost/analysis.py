@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -255,8 +256,6 @@ def site_path(filename: str) -> str:
     for marker in ("/site-packages/", "/dist-packages/"):
         if marker in normalized:
             return normalized.rsplit(marker, 1)[1]
-    from pathlib import Path
-
     root = str(Path(__file__).resolve().parents[2]).replace("\\", "/") + "/"
     if normalized.startswith(root):
         return normalized[len(root) :]

@@ -15,8 +15,11 @@ over blocks (wall and main-thread CPU clocks), so a drift of the machine hits ev
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +29,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from harness import environment
 from harness.cost import record as cost_record
-from harness.cost.analysis import Interval, meets_target, paired
+from harness.cost.analysis import Interval, arm_figures, meets_target, paired
+from harness.cost.paired import Arms, arm_specs
+from harness.environment import REPO_ROOT
+from harness.process import ORCHESTRATOR_ENV, die_with_parent, orchestrator_token, watch_orchestrator
+from harness.registry import adapter_table
+from harness.spec import Spec, SpecError, split_adapter
 
 LIBRARY_MODULES = ("lightning", "fastai", "keras", "transformers", "accelerate")
 """Top-level packages a clean process must not have imported (checked, and recorded per child)."""
@@ -45,8 +57,6 @@ class ContaminationProtocol:
     order_seed: int = 0
 
     def __post_init__(self) -> None:
-        from harness.spec import SpecError
-
         for item in fields(self):
             value = getattr(self, item.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -64,21 +74,15 @@ class ContaminationProtocol:
 
 
 def child(module: str | None, spec_path: Path, protocol: ContaminationProtocol, out: Path) -> int:
-    """Import ``module`` (None: nothing beyond torch and the harness), then time native fits."""
-    import importlib
-    import statistics
+    """Import ``module`` (None: nothing beyond torch and the harness), then time native fits.
 
-    import torch
-
+    The library is imported here, not at the top: this process exists to compare with and without it.
+    """
     torch.set_num_threads(protocol.threads)
     started = time.perf_counter()
     if module:
         importlib.import_module(module)
     imported_s = time.perf_counter() - started
-    from harness.cost.analysis import arm_figures
-    from harness.cost.paired import Arms
-    from harness.spec import Spec
-
     spec = Spec.from_dict(json.loads(spec_path.read_text()))
     with tempfile.TemporaryDirectory(prefix="contamination-") as scratch:
         arms = Arms(spec, steps=protocol.steps, warmup=protocol.warmup, workroot=Path(scratch))
@@ -105,8 +109,6 @@ def child(module: str | None, spec_path: Path, protocol: ContaminationProtocol, 
 
 def variants(adapters: Sequence[str]) -> dict[str, str | None]:
     """``{"clean": None, "lightning": "adapters.lightning", ...}``: what each variant imports."""
-    from harness.registry import adapter_table, split_adapter
-
     table = adapter_table()
     out: dict[str, str | None] = {"clean": None}
     for name in adapters:
@@ -128,15 +130,6 @@ def measure(
     timeout_s: float = 600.0,
 ) -> list[dict[str, Any]]:
     """Run the interleaved blocks of processes and write one ``contamination`` record per library."""
-    import functools
-
-    import numpy as np
-
-    from harness import environment
-    from harness.cost.paired import arm_specs
-    from harness.environment import REPO_ROOT
-    from harness.process import ORCHESTRATOR_ENV, die_with_parent, orchestrator_token
-
     table = variants(adapters)
     names = list(table)
     native_spec = arm_specs(spec, protocol.steps)["native"]
@@ -233,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--protocol", required=True, help="protocol JSON")
     one.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    from harness.process import die_with_parent, watch_orchestrator
-
     die_with_parent()
     watch_orchestrator()
     return child(args.module, args.spec, ContaminationProtocol(**json.loads(args.protocol)), args.out)

@@ -29,9 +29,12 @@ share is an upper bound of its native share.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,9 +43,18 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from harness import environment
 from harness.cost import callgrind
 from harness.cost import record as cost_record
 from harness.cost.analysis import balanced_orders, instruction_summary, relative_spread
+from harness.cost.paired import Arms, arm_specs, cell_description, cell_id
+from harness.cost.valgrind import client, instrumentation_can_start
+from harness.environment import REPO_ROOT
+from harness.process import die_with_parent
+from harness.registry import RegistryError, get_adapter
+from harness.spec import Spec, SpecError
 
 SETTLE_S = 0.0
 TOP_FUNCTIONS = 40
@@ -64,8 +76,6 @@ class InstructionProtocol:
     """PYTHONHASHSEED of every run."""
 
     def __post_init__(self) -> None:
-        from harness.spec import SpecError
-
         for item in fields(self):
             value = getattr(self, item.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -120,13 +130,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -> int:
     """Measure every cell of the plan in this process; collection only inside the windows."""
-    from harness.cost.valgrind import client
-
     requests = client()
-    import torch
-
-    from harness.cost.paired import Arms, cell_id
-    from harness.spec import Spec
 
     protocol = InstructionProtocol(**plan["protocol"])
     torch.set_num_threads(protocol.threads)
@@ -165,8 +169,6 @@ def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -
 
 def valgrind_options(out_dir: Path) -> list[str]:
     """callgrind counting nothing until a window opens, main thread separately, function-level costs."""
-    from harness.cost.valgrind import instrumentation_can_start
-
     return [
         "valgrind",
         "--tool=callgrind",
@@ -225,8 +227,6 @@ def no_address_randomization() -> bool:
     hash by address, and so do torch's autograd sets of nodes; with randomized addresses two runs
     of one plan differed by up to 0.5%. Returns whether the kernel accepted it.
     """
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         current = libc.personality(0xFFFFFFFF)
@@ -236,17 +236,11 @@ def no_address_randomization() -> bool:
 
 
 def _prepare_child(parent: int) -> None:
-    from harness.process import die_with_parent
-
     no_address_randomization()
     die_with_parent(parent)  # valgrind keeps both across exec
 
 
 def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int) -> None:
-    import functools
-
-    from harness.environment import REPO_ROOT
-
     for run in runs:
         if run.folder.exists():
             shutil.rmtree(run.folder)
@@ -273,8 +267,6 @@ def wait(
     runs: Sequence[Run], expected_windows: int, timeout_s: float, progress: Callable[[str], None] | None
 ) -> list[str]:
     """Wait for every run, printing progress from their window logs; returns the problems."""
-    import signal
-
     deadline = time.perf_counter() + timeout_s
     reported = -1
     while any(run.process.poll() is None for run in runs):
@@ -364,8 +356,6 @@ def cell_record(
     spec, protocol: InstructionProtocol, runs: list[dict[str, Any]], key: str, environment: dict
 ) -> dict[str, Any]:
     """The ``instructions`` record of one cell from every run's windows."""
-    from harness.cost.paired import arm_specs, cell_description
-
     specs = arm_specs(spec, protocol.steps)
     record: dict[str, Any] = {
         "schema": cost_record.SCHEMA,
@@ -430,12 +420,7 @@ def measure(
     parallel: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the plan in ``protocol.runs`` valgrind processes and write one record per cell."""
-    from harness import environment
-    from harness.cost.paired import cell_id
-
     if valgrind_version() is None:
-        from harness.spec import SpecError
-
         raise SpecError("valgrind is not installed (the instruction pass runs under valgrind's callgrind)")
     folder = Path(results_dir) / "callgrind"
     folder.mkdir(parents=True, exist_ok=True)
@@ -460,8 +445,6 @@ def measure(
     for spec in specs:
         key = cell_id(spec)
         if problems:
-            from harness.cost.paired import arm_specs, cell_description
-
             record = {
                 "schema": cost_record.SCHEMA,
                 "kind": "instructions",
@@ -480,8 +463,6 @@ def measure(
 
 
 def _libraries(specs: Sequence) -> list[str | None]:
-    from harness.registry import RegistryError, get_adapter
-
     names = []
     for spec in specs:
         try:

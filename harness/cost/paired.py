@@ -63,6 +63,7 @@ from harness.cost.attribution import WindowProfiler  # noqa: E402
 from harness.cost.probe import CostProbe  # noqa: E402
 from harness.cost.syncs import SyncCounter, sync_summary  # noqa: E402
 from harness.plan import request_for  # noqa: E402
+from harness.process import die_with_parent, watch_orchestrator  # noqa: E402
 from harness.registry import get_adapter, get_task  # noqa: E402
 from harness.spec import Spec, SpecError  # noqa: E402
 from harness.worker import adapter_record, build_job  # noqa: E402
@@ -363,8 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="where the bakeoff.cost/1 record goes")
     parser.add_argument("--workroot", type=Path, default=None, help="scratch folder for the fits")
     args = parser.parse_args(argv)
-    from harness.process import die_with_parent, watch_orchestrator
-
     die_with_parent()
     watch_orchestrator()
     spec = Spec.from_dict(json.loads(args.spec.read_text()))

@@ -13,7 +13,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.spec import Spec, SpecError
+from harness.cost import contamination as contamination_pass
+from harness.cost import instructions as instruction_pass
+from harness.cost.contamination import ContaminationProtocol
+from harness.cost.instructions import InstructionProtocol
+from harness.cost.paired import Protocol, cell_id
+from harness.cost.run import DEFAULT_PASSES, cells_of, check_cells, parse_passes, run_paired
+from harness.plan import best_device
+from harness.registry import RegistryError, get_adapter, get_task
+from harness.spec import MODES, Spec, SpecError
+from harness.suites import _ordered_adapters, get_suite, load_suite_file
 
 DEFAULT_RESULTS = Path("results") / "cost"
 FLAG_FIELDS = {
@@ -42,10 +51,6 @@ class CostPlan:
     source: str
 
     def run(self, say: Callable[[str], None]) -> int:
-        from harness.cost import contamination as contamination_pass
-        from harness.cost import instructions as instruction_pass
-        from harness.cost.run import run_paired
-
         say(
             f"cost: {len(self.cells)} cells from {self.source}, passes {', '.join(self.passes)}, "
             f"results in {self.results_dir}"
@@ -58,8 +63,6 @@ class CostPlan:
         for line in self.skipped:
             say(f"  skipped: {line}")
         if self.dry_run:
-            from harness.cost.paired import cell_id
-
             for spec in self.cells:
                 say(f"  {cell_id(spec)}  {spec.label}")
             return 0
@@ -134,9 +137,6 @@ def _protocol_values(cls, table: dict[str, Any], flags: dict[str, Any], where: s
 
 
 def default_cells(args: argparse.Namespace, device: str) -> list[Spec]:
-    from harness.registry import RegistryError, get_adapter, get_task
-    from harness.suites import _ordered_adapters
-
     try:
         task = get_task(args.task)
     except RegistryError as error:
@@ -148,8 +148,6 @@ def default_cells(args: argparse.Namespace, device: str) -> list[Spec]:
         else _ordered_adapters(include_isolated=False)
     )
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    from harness.spec import MODES
-
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
         raise SpecError(f"unknown mode {unknown[0] if unknown else args.modes!r}; choose from: {', '.join(MODES)}")
@@ -188,15 +186,11 @@ def plan_from_args(args: argparse.Namespace) -> CostPlan:
     """The plan ``bakeoff cost`` runs: the default cells or a suite's, with flags over the suite's table."""
     device = args.device
     if device == "auto":
-        from harness.plan import best_device
-
         device = best_device()
     if device not in ("cpu", "cuda"):
         raise SpecError(f"unknown device {device!r}; choose one of: cpu, cuda, auto")
     suite = None
     if args.suite or args.suite_file:
-        from harness.suites import get_suite, load_suite_file
-
         suite = load_suite_file(args.suite_file, device) if args.suite_file else get_suite(args.suite, device)
     flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()}
     flags.update(
@@ -252,11 +246,6 @@ def build_plan(
     force: bool,
     dry_run: bool,
 ) -> CostPlan:
-    from harness.cost.contamination import ContaminationProtocol
-    from harness.cost.instructions import InstructionProtocol
-    from harness.cost.paired import Protocol
-    from harness.cost.run import DEFAULT_PASSES, cells_of, check_cells, parse_passes
-
     table: dict[str, Any] = {}
     skipped: list[str] = []
     if suite is not None:

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.cost import record as cost_record
+from harness.cost.paired import arm_specs, cell_description, cell_id, check_epoch
+from harness.environment import REPO_ROOT
+from harness.plan import check_spec
+from harness.process import ORCHESTRATOR_ENV, die_with_parent, orchestrator_token
 from harness.spec import Spec, SpecError
 
 PASSES = ("paired", "imports", "instructions")
@@ -36,8 +40,6 @@ def cells_of(specs: Sequence[Spec]) -> tuple[list[Spec], list[str]]:
     A DDP spec has no in-process paired form (its ranks are separate processes): it is listed as
     skipped with the reason rather than measured some other way.
     """
-    from harness.cost.paired import cell_id
-
     seen: dict[str, Spec] = {}
     skipped = []
     for spec in specs:
@@ -88,10 +90,6 @@ def run_paired(
     python: str = sys.executable,
 ) -> list[dict[str, Any]]:
     """Measure every cell in its own worker process, one at a time; return their records."""
-    from harness.cost.paired import cell_id
-    from harness.environment import REPO_ROOT
-    from harness.process import ORCHESTRATOR_ENV, die_with_parent, orchestrator_token
-
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -174,8 +172,6 @@ def _read_new(path: Path, launched_at: float) -> dict[str, Any] | None:
 
 
 def _failure(spec: Spec, protocol, error: str, tail: str) -> dict[str, Any]:
-    from harness.cost.paired import arm_specs, cell_description, cell_id
-
     return {
         "schema": cost_record.SCHEMA,
         "kind": "paired",
@@ -191,9 +187,6 @@ def _failure(spec: Spec, protocol, error: str, tail: str) -> dict[str, Any]:
 
 def check_cells(cells: Sequence[Spec], protocol) -> None:
     """Bad input before anything runs: unknown names, an epoch too short for the steps, no CUDA."""
-    from harness.cost.paired import check_epoch
-    from harness.plan import check_spec
-
     if not cells:
         raise SpecError("no cells to measure (every spec was skipped)")
     for spec in cells:
