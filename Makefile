@@ -9,8 +9,8 @@ SUITE ?= quick
 PYTEST_ARGS ?=
 UI_PORT ?= 5000
 
-.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead envs golden lint lock clean help \
-	gpu-check gpu-dry-run gpu-wheels gpu-publish
+.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead cost cost-instructions envs golden lint lock \
+	clean help gpu-check gpu-dry-run gpu-wheels gpu-publish
 
 help:
 	@echo "make install   create $(VENV) and install bakeoff with every adapter library (idempotent)"
@@ -20,6 +20,8 @@ help:
 	@echo "make test      run the test suite (CI runs this)"
 	@echo "make bench-check  per-step micro-benchmarks of every adapter vs the committed baseline (exit 1 on regression)"
 	@echo "make overhead  the harness's own instrumentation cost: native+probe vs a bare loop"
+	@echo "make cost      paired in-process cost of every main adapter (wall + thread clocks, syncs, attribution, imports; <= 10 min)"
+	@echo "make cost-instructions  the same cells under callgrind: instructions per step, two runs (<= 15 min quiet)"
 	@echo "make envs      build the isolated environments the standard suite uses (Flash ~1-2 min, ~180 MB; Lightning 2.1.4 ~5 s)"
 	@echo "make golden    regenerate the golden native trajectories (only when a change is meant to alter them)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
@@ -63,6 +65,7 @@ test: $(STAMP) test-deps
 test-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v valgrind >/dev/null 2>&1 || missing="$$missing valgrind"; \
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then echo "installing Debian's$$missing for the tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
@@ -86,6 +89,17 @@ bench-baseline: $(STAMP)
 
 overhead: $(STAMP)
 	$(BIN)/python -m harness.overhead --task scaling --width 64 --steps 300 --rounds 12
+
+# Per-step cost, paired in one process per cell (harness/cost): the native loop and the adapter alternate
+# round by round. COST_SUITE names the cells and the protocol; results go to results/<suite>/cost/.
+COST_SUITE ?= benchmarks/suites/cost-paired.toml
+COST_ARGS ?=
+cost: $(STAMP)
+	$(BIN)/bakeoff cost --suite-file $(COST_SUITE) --passes paired,imports $(COST_ARGS)
+
+# Instructions per step under callgrind: deterministic, so it can run on a busy machine.
+cost-instructions: $(STAMP) test-deps
+	$(BIN)/bakeoff cost --suite-file $(COST_SUITE) --passes instructions $(COST_ARGS)
 
 # Isolated adapter environments build on first use; this builds them ahead of time.
 envs: $(STAMP)

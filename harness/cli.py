@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--no-server", action="store_true", help="print the links and exit (e.g. for a running server)")
     _add_tracking_option(ui)
 
+    _add_cost_parser(commands)
     listing = commands.add_parser("list", help="list tasks, adapters and suites (without importing any library)")
     listing.add_argument("--check", action="store_true",
                          help="also import every task and adapter and say which cannot load (slower: imports every "
@@ -428,6 +429,11 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     options = _run_options(args, results_dir, warmup=suite.warmup, eval_every=suite.eval_every)
     if args.no_zygote or suite.fresh_processes:
         options = replace(options, zygote=False)
+    cost_plan = None
+    if suite.cost == "paired":  # the paired in-process cost of the suite's cells too; checked before anything runs
+        from harness.cost.plan import plan_for_suite
+
+        cost_plan = plan_for_suite(suite, results_dir / "cost", device)
     if args.dry_run:
         for spec in suite.specs:
             print(f"{spec.spec_id}  {spec.label}")
@@ -469,7 +475,8 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         result = results[spec.spec_id]
         if result["status"] == "unsupported":
             print(f"  unsupported: {spec.label}: {result['error']}")
-    code = EXIT_OK if counts.get("failed", 0) == 0 else EXIT_FAILED
+    cost_failed = cost_plan is not None and cost_plan.run(print) != EXIT_OK
+    code = EXIT_OK if counts.get("failed", 0) == 0 and not cost_failed else EXIT_FAILED
     return BenchOutcome(code, suite, ordered, results_dir, summary)
 
 
@@ -784,6 +791,63 @@ def command_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_cost_parser(commands) -> None:
+    cost = commands.add_parser(
+        "cost",
+        help="per-step cost, paired in one process: µs/step overhead with CIs, syncs, attribution, instructions",
+        description=(
+            "Measure what each adapter adds per optimizer step over the native loop. Each cell (task, adapter, "
+            "mode, precision) gets one process that alternates native and adapter fits round by round (random "
+            "order), timing every step by wall clock and main-thread CPU; then counts host syncs per step and "
+            "profiles where the extra time goes. Other passes: `imports` (does importing a library slow plain "
+            "torch: clean vs library processes, interleaved) and `instructions` (callgrind instruction counts "
+            "per step, deterministic; one valgrind process per run, two runs). Without --suite/--suite-file the "
+            "cells are the issue's target: scaling width 64, batch 32, every main-environment adapter in both "
+            "modes, plus native against itself (the A/A check)."
+        ),
+    )
+    source = cost.add_mutually_exclusive_group()
+    source.add_argument("--suite", help="the cells of a built-in suite")
+    source.add_argument("--suite-file", type=Path, help="the cells of a TOML suite (its [cost_protocol] table applies)")
+    cost.add_argument("--task", default="scaling", help="task of the default cells (default: scaling)")
+    cost.add_argument("--option", "-o", action="append", type=_option, default=None, metavar="KEY=VALUE",
+                      help="task option of the default cells (default for scaling: width=64)")
+    cost.add_argument("--batch-size", type=int, default=32, help="batch of the default cells (default: 32)")
+    cost.add_argument("--adapters", help="comma-separated adapters of the default cells (default: every main one)")
+    cost.add_argument("--modes", default="aligned,defaults", help="modes of the default cells (default: both)")
+    cost.add_argument("--precision", default="fp32", help="precision of the default cells (default: fp32)")
+    cost.add_argument("--no-aa", action="store_true", help="leave out the native-vs-native (A/A) cell")
+    cost.add_argument("--passes", default=None,
+                      help="comma-separated: paired, imports, instructions (default: paired,imports)")
+    cost.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
+    paired = cost.add_argument_group("paired pass (defaults: the suite's [cost_protocol], else these)")
+    for flag, text in (("rounds", "measured rounds per cell (40)"), ("steps", "steps per fit, warm-up included (100)"),
+                       ("warmup", "steps left out of each fit (20)"), ("threads", "torch threads (1)"),
+                       ("warm-rounds", "discarded rounds first (1)"), ("sync-fits", "fits per arm under the sync "
+                       "counter (1)"), ("profile-rounds", "rounds under the profiler (2)")):
+        paired.add_argument(f"--{flag}", type=int, default=None, help=text)
+    other = cost.add_argument_group("imports and instructions passes")
+    other.add_argument("--import-blocks", type=int, default=None, help="blocks of processes (6)")
+    other.add_argument("--instruction-runs", type=int, default=None, help="valgrind processes (2, for repeatability)")
+    other.add_argument("--instruction-rounds", type=int, default=None, help="rounds per cell (6)")
+    other.add_argument("--instruction-steps", type=int, default=None, help="steps per fit (25)")
+    other.add_argument("--instruction-warmup", type=int, default=None, help="steps left out (5)")
+    cost.add_argument("--results-dir", type=_safe_dir, default=None, help="where records go (default: results/cost)")
+    cost.add_argument("--timeout", type=_positive_float, default=1800.0,
+                      help="seconds per cell process (default: 1800)")
+    cost.add_argument("--force", action="store_true", help="measure again cells already measured with this protocol")
+    cost.add_argument("--dry-run", action="store_true", help="list the cells and the protocol without measuring")
+    cost.epilog = ("exit status: 0 every cell measured (or unsupported); 1 a measurement failed; 2 bad input. "
+                   "Records (bakeoff.cost/1 JSON) go to the results folder; see notes/issue-16.md for the fields.")
+
+
+def command_cost(args: argparse.Namespace) -> int:
+    from harness.cost.plan import plan_from_args
+
+    plan = plan_from_args(args)
+    return plan.run(print)
+
+
 COMMANDS = {
     "run": command_run,
     "bench": command_bench,
@@ -793,6 +857,7 @@ COMMANDS = {
     "ui": command_ui,
     "list": command_list,
     "env": command_env,
+    "cost": command_cost,
 }
 
 

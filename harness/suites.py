@@ -34,6 +34,11 @@ class Suite:
     """Validation every N steps in every run, for time-to-target (0: only after training)."""
     fresh_processes: bool = False
     """Start every worker as a fresh interpreter (no zygote): a suite that measures cold start-up."""
+    cost: str = "process"
+    """``process``: cost from the process-per-spec runs only; ``paired``: also the paired in-process cost
+    pass over the suite's cells (``bakeoff cost``), which ``bench`` runs after the specs."""
+    cost_protocol: dict[str, Any] = field(default_factory=dict)
+    """The paired pass's protocol (``harness.cost.paired.Protocol`` fields; ``imports``/``instructions`` sub-tables)."""
 
 
 def _spec(task: str, adapter: str, device: str, **fields: Any) -> Spec:
@@ -196,7 +201,9 @@ def get_suite(name: str, device: str) -> Suite:
     return BUILTIN[name](device)
 
 
-SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "fresh_processes", "threads", "runs"}
+SUITE_KEYS = {"name", "description", "warmup", "repeats", "eval_every", "fresh_processes", "threads", "runs", "cost",
+              "cost_protocol"}
+COST_MODES = ("process", "paired")
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
@@ -244,6 +251,11 @@ def load_suite_file(path: Path, device: str) -> Suite:
     fresh_processes = document.get("fresh_processes", False)
     if not isinstance(fresh_processes, bool):
         raise SpecError(f"suite fresh_processes must be true or false, got {fresh_processes!r}")
+    cost, cost_protocol = document.get("cost", "process"), document.get("cost_protocol", {})
+    if cost not in COST_MODES:
+        raise SpecError(f"suite cost must be one of: {', '.join(COST_MODES)}, got {cost!r}")
+    if not isinstance(cost_protocol, dict):
+        raise SpecError("suite cost_protocol must be a table")
     return Suite(
         name=name,
         description=description,
@@ -252,6 +264,8 @@ def load_suite_file(path: Path, device: str) -> Suite:
         repeats=repeats,
         eval_every=eval_every,
         fresh_processes=fresh_processes,
+        cost=cost,
+        cost_protocol=cost_protocol,
     )
 
 

@@ -1,0 +1,487 @@
+"""Instructions per step: the clock that does not drift. One callgrind process measures every cell.
+
+Wall and CPU time on a shared machine move ±10–20% from one round to the next; the number of
+instructions a step executes does not depend on what else the machine runs. So the paired
+alternation of :mod:`harness.cost.paired` runs again under ``valgrind --tool=callgrind``:
+
+- one valgrind process imports torch and every library **once**, uninstrumented
+  (``--instr-atstart=no``: importing torch under instrumentation takes minutes), then switches
+  instrumentation on with a client request (:mod:`harness.cost.valgrind`) before the first fit;
+- collection is off (``--collect-atstart=no``) except inside each arm's steady-state window: the
+  cost probe's window hooks toggle it on after the last warm-up step and, at the last step, toggle
+  it off and dump, so every dump is exactly one (cell, round, arm) window; a log line per window
+  records which;
+- ``--separate-threads=yes``: only the main thread's dump counts (the thread the steps run on; a
+  progress-bar monitor or the orchestrator watch waking elsewhere does not land in the figure);
+- ``PYTHONHASHSEED`` is fixed, so dict and set orders — and with them the instructions — repeat;
+  two such processes (run concurrently, one per core) show how well the figures repeat.
+
+Each dump's per-function costs attribute the extra instructions to C-level functions (the
+interpreter, torch's dispatcher, allocators), complementing the Python-level profile.
+
+Limit: code that throttles itself by wall-clock time (a progress bar redrawing at most every
+50 ms) runs more often per step under valgrind's ~50× slowdown than natively; its instruction
+share is an upper bound of its native share.
+
+    python -m harness.cost.instructions worker --plan PLAN.json --log WINDOWS.jsonl   (under valgrind)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import environment
+from harness.cost import callgrind
+from harness.cost import record as cost_record
+from harness.cost.analysis import balanced_orders, instruction_summary, relative_spread
+from harness.cost.paired import Arms, arm_specs, cell_description, cell_id
+from harness.cost.valgrind import client, instrumentation_can_start
+from harness.environment import REPO_ROOT
+from harness.process import die_with_parent
+from harness.registry import RegistryError, get_adapter
+from harness.spec import Spec, SpecError
+
+SETTLE_S = 0.0
+TOP_FUNCTIONS = 40
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstructionProtocol:
+    rounds: int = 6
+    """Rounds per cell (each: one fit per arm, the order balanced: native first in half of them). Each
+    fit's objects land at other addresses, which moves its count by ~0.2% (address-hashed caches and
+    sets); averaging rounds is what brings a cell's figure to repeat within 0.1%."""
+    steps: int = 25
+    warmup: int = 5
+    threads: int = 1
+    order_seed: int = 0
+    runs: int = 2
+    """Independent valgrind processes over the same plan (repeatability)."""
+    hash_seed: int = 0
+    """PYTHONHASHSEED of every run."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SpecError(f"instruction protocol {item.name} must be a non-negative integer, got {value!r}")
+        if self.rounds < 1 or self.runs < 1 or self.threads < 1:
+            raise SpecError("instruction protocol needs at least 1 round, 1 run and 1 thread")
+        if self.steps < self.warmup + 2:
+            raise SpecError(f"instruction protocol steps ({self.steps}) must exceed warmup ({self.warmup}) by 2")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class WindowLog:
+    """Collection on at a window's start; off, dumped and logged at its end (one dump per window)."""
+
+    def __init__(self, requests, path: Path) -> None:
+        self.requests = requests
+        self.path = Path(path)
+        self.dumps = 0
+        self.open = False
+
+    def start(self) -> None:
+        self.open = True
+        self.requests.toggle_collect()
+
+    def end(self, **labels: Any) -> None:
+        self.requests.toggle_collect()
+        self.requests.dump_stats()
+        self.open = False
+        self.dumps += 1
+        self.write({"part": self.dumps, **labels})
+
+    def abandon(self, **labels: Any) -> None:
+        """Close a window a failed fit left open: its dump is marked discarded."""
+        if self.open:
+            self.end(discarded=True, **labels)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- worker (under valgrind)
+
+
+def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -> int:
+    """Measure every cell of the plan in this process; collection only inside the windows."""
+    requests = client()
+
+    protocol = InstructionProtocol(**plan["protocol"])
+    torch.set_num_threads(protocol.threads)
+    log = WindowLog(requests, log_path)
+    workroot = Path(workroot or plan["workroot"])
+    cells = []
+    for spec_data in plan["cells"]:  # building the arms imports every library before instrumentation
+        spec = Spec.from_dict(spec_data)
+        try:
+            arms = Arms(spec, steps=protocol.steps, warmup=protocol.warmup, workroot=workroot)
+            reason = arms.unsupported()
+        except Exception as error:
+            arms, reason = None, f"{type(error).__name__}: {error}"
+        cells.append((cell_id(spec), arms, reason))
+    log.write({"event": "imported", "on_valgrind": requests.running_on_valgrind()})
+    requests.start_instrumentation()
+    for key, arms, reason in cells:
+        if arms is None or reason:
+            log.write({"event": "skipped", "cell_id": key, "reason": reason})
+            continue
+        window = protocol.steps - protocol.warmup
+        try:
+            for index, order in enumerate(balanced_orders(protocol.rounds, protocol.order_seed)):
+                for arm in order:
+                    labels = {"cell_id": key, "round": index, "arm": arm, "order": list(order), "steps": window}
+                    arms.fit(arm, on_window_start=log.start, on_window_end=lambda labels=labels: log.end(**labels))
+        except Exception as error:
+            log.abandon(cell_id=key)
+            log.write({"event": "failed", "cell_id": key, "error": f"{type(error).__name__}: {error}"[:2000]})
+    log.write({"event": "done"})
+    return 0
+
+
+# --------------------------------------------------------------------------- orchestrator
+
+
+def valgrind_options(out_dir: Path) -> list[str]:
+    """callgrind counting nothing until a window opens, main thread separately, function-level costs."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        f"--instr-atstart={'no' if instrumentation_can_start() else 'yes'}",
+        "--collect-atstart=no",
+        "--separate-threads=yes",
+        "--dump-line=no",
+        f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+    ]
+
+
+def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path) -> list[str]:
+    """The worker under callgrind; its fits' scratch folders live in its own run folder, since runs
+    go side by side and their folder names are the same on purpose (deterministic)."""
+    return [
+        *valgrind_options(out_dir),
+        python,
+        "-m",
+        "harness.cost.instructions",
+        "worker",
+        "--plan",
+        str(plan_path),
+        "--log",
+        str(log_path),
+        "--workroot",
+        str(out_dir / "work"),
+    ]
+
+
+def valgrind_version() -> str | None:
+    try:
+        return subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+@dataclass
+class Run:
+    index: int
+    folder: Path
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "windows.jsonl"
+
+
+ADDR_NO_RANDOMIZE = 0x0040000  # <sys/personality.h>
+
+
+def no_address_randomization() -> bool:
+    """Turn off address-space randomization for this process and what it executes (``setarch -R``).
+
+    Memory addresses reach instruction counts: CPython's type-attribute cache and sets of objects
+    hash by address, and so do torch's autograd sets of nodes; with randomized addresses two runs
+    of one plan differed by up to 0.5%. Returns whether the kernel accepted it.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        current = libc.personality(0xFFFFFFFF)
+        return current != -1 and libc.personality(current | ADDR_NO_RANDOMIZE) != -1
+    except (OSError, AttributeError):
+        return False
+
+
+def _prepare_child(parent: int) -> None:
+    no_address_randomization()
+    die_with_parent(parent)  # valgrind keeps both across exec
+
+
+def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int) -> None:
+    for run in runs:
+        if run.folder.exists():
+            shutil.rmtree(run.folder)
+        run.folder.mkdir(parents=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONHASHSEED"] = str(hash_seed)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("BAKEOFF_ORCHESTRATOR_PID", None)  # no watch thread waking inside the measured process
+        output = open(run.folder / "valgrind.log", "wb")  # noqa: SIM115 (closed when the process ends)
+        run.process = subprocess.Popen(
+            valgrind_command(run.folder, python, plan_path, run.log),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=functools.partial(_prepare_child, os.getpid()),
+        )
+        run.started = time.perf_counter()
+
+
+def wait(
+    runs: Sequence[Run], expected_windows: int, timeout_s: float, progress: Callable[[str], None] | None
+) -> list[str]:
+    """Wait for every run, printing progress from their window logs; returns the problems."""
+    deadline = time.perf_counter() + timeout_s
+    reported = -1
+    while any(run.process.poll() is None for run in runs):
+        if time.perf_counter() > deadline:
+            for run in runs:
+                if run.process.poll() is None:
+                    os.killpg(run.process.pid, signal.SIGKILL)
+                    run.process.wait()
+            return [f"timed out after {timeout_s:.0f} s"]
+        done = [sum(1 for e in read_log(run.log) if "part" in e) for run in runs]
+        if progress is not None and sum(done) != reported:
+            reported = sum(done)
+            elapsed = time.perf_counter() - runs[0].started
+            parts = ", ".join(f"run {run.index}: {count}/{expected_windows} windows" for run, count in zip(runs, done))
+            progress(f"{parts} ({elapsed:.0f} s)")
+        time.sleep(2.0)
+    problems = []
+    for run in runs:
+        if run.process.returncode != 0:
+            tail = (run.folder / "valgrind.log").read_bytes()[-1500:].decode("utf-8", "replace")
+            problems.append(f"run {run.index} exited with {run.process.returncode}: {tail}")
+    return problems
+
+
+def collect(run: Run) -> dict[str, Any]:
+    """One run's windows: per cell, per round and arm, instructions and per-function costs."""
+    entries = read_log(run.log)
+    pid = run.process.pid if run.process is not None else None
+    files = callgrind.dump_files(run.folder, pid=pid)
+    cells: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if "part" in entry:
+            if entry.get("discarded"):
+                continue
+            path = files.get(entry["part"])
+            if path is None:
+                raise RuntimeError(f"run {run.index}: no callgrind dump for window {entry['part']}")
+            dump = callgrind.parse(path)
+            if dump.trigger != "Client Request":
+                raise RuntimeError(f"run {run.index}: dump {entry['part']} was not written by a window end")
+            cell = cells.setdefault(entry["cell_id"], {"rounds": {}, "functions": {"native": {}, "adapter": {}}})
+            rounds = cell["rounds"].setdefault(entry["round"], {"index": entry["round"], "order": entry["order"]})
+            rounds[entry["arm"]] = {
+                "instructions": dump.total,
+                "steps": entry["steps"],
+                "per_step": dump.total / entry["steps"],
+            }
+            functions = cell["functions"][entry["arm"]]
+            for name, cost in dump.functions.items():
+                functions[name] = functions.get(name, 0) + cost
+            functions["__steps__"] = functions.get("__steps__", 0) + entry["steps"]
+        elif entry.get("event") in ("failed", "skipped"):
+            cells.setdefault(entry["cell_id"], {"rounds": {}, "functions": {"native": {}, "adapter": {}}})
+            cells[entry["cell_id"]][entry["event"]] = entry.get("error") or entry.get("reason")
+    return cells
+
+
+def function_table(functions: dict[str, dict[str, int]], top: int = TOP_FUNCTIONS) -> dict[str, Any]:
+    """Own instructions per step of each C-level function in both arms; the top by extra, and by object."""
+    steps = {arm: max(functions[arm].get("__steps__", 0), 1) for arm in ("native", "adapter")}
+    names = (set(functions["native"]) | set(functions["adapter"])) - {"__steps__"}
+    rows = []
+    for name in names:
+        native = functions["native"].get(name, 0) / steps["native"]
+        adapter = functions["adapter"].get(name, 0) / steps["adapter"]
+        rows.append({"function": name, "group": callgrind.group_of(name), "native": native, "adapter": adapter})
+    for row in rows:
+        row["extra"] = row["adapter"] - row["native"]
+    total = sum(row["extra"] for row in rows)
+    rows.sort(key=lambda row: -abs(row["extra"]))
+    groups: dict[str, float] = {}
+    for row in rows:
+        groups[row["group"]] = groups.get(row["group"], 0.0) + row["extra"]
+    for row in rows:
+        row["share"] = row["extra"] / total if total > 0 else None
+    return {
+        "extra_per_step": total,
+        "top": rows[:top],
+        "groups": [
+            {"group": name, "extra": value, "share": value / total if total > 0 else None}
+            for name, value in sorted(groups.items(), key=lambda item: -item[1])
+        ],
+    }
+
+
+def cell_record(
+    spec, protocol: InstructionProtocol, runs: list[dict[str, Any]], key: str, environment: dict
+) -> dict[str, Any]:
+    """The ``instructions`` record of one cell from every run's windows."""
+    specs = arm_specs(spec, protocol.steps)
+    record: dict[str, Any] = {
+        "schema": cost_record.SCHEMA,
+        "kind": "instructions",
+        "cell_id": key,
+        "cell": cell_description(specs["adapter"]),
+        "spec": specs["adapter"].to_dict(),
+        "baseline_spec": specs["native"].to_dict(),
+        "status": "ok",
+        "error": None,
+        "protocol": protocol.to_dict(),
+        "environment": environment,
+        "valgrind": {"version": valgrind_version(), "tool": "callgrind", "counted": "Ir, main thread"},
+    }
+    per_run = []
+    for index, cells in enumerate(runs, start=1):
+        cell = cells.get(key)
+        if cell is None or "skipped" in cell or "failed" in cell:
+            reason = (cell or {}).get("skipped") or (cell or {}).get("failed") or "no windows recorded"
+            status = "unsupported" if cell and "skipped" in cell and reason and "Error" not in reason else "failed"
+            record.update(status=status, error=f"run {index}: {reason}")
+            return record
+        rounds = [cell["rounds"][i] for i in sorted(cell["rounds"])]
+        if any("native" not in r or "adapter" not in r for r in rounds):
+            record.update(status="failed", error=f"run {index}: a round is missing an arm")
+            return record
+        per_run.append({"run": index, "rounds": rounds, "functions": function_table(cell["functions"])})
+    record["runs"] = per_run
+    first = per_run[0]["rounds"]
+    summary = instruction_summary([r["native"]["per_step"] for r in first], [r["adapter"]["per_step"] for r in first])
+    means = {
+        arm: [sum(r[arm]["per_step"] for r in run["rounds"]) / len(run["rounds"]) for run in per_run]
+        for arm in ("native", "adapter")
+    }
+    differences = [a - n for n, a in zip(means["native"], means["adapter"], strict=True)]
+    summary.update(
+        native_per_step=means["native"][0],
+        adapter_per_step=means["adapter"][0],
+        difference_per_step=differences[0],
+        runs=len(per_run),
+        repeatability={
+            "native": relative_spread(means["native"]),
+            "adapter": relative_spread(means["adapter"]),
+            "difference": relative_spread(differences) if all(d != 0 for d in differences) else None,
+            "runs_native_per_step": means["native"],
+            "runs_adapter_per_step": means["adapter"],
+        },
+        functions=per_run[0]["functions"],
+    )
+    record["summary"] = summary
+    return record
+
+
+def measure(
+    specs: Sequence,
+    protocol: InstructionProtocol,
+    results_dir: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    timeout_s: float = 3600.0,
+    python: str = sys.executable,
+    parallel: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the plan in ``protocol.runs`` valgrind processes and write one record per cell."""
+    if valgrind_version() is None:
+        raise SpecError("valgrind is not installed (the instruction pass runs under valgrind's callgrind)")
+    folder = Path(results_dir) / "callgrind"
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "cells": [spec.to_dict() for spec in specs],
+        "protocol": protocol.to_dict(),
+        "workroot": str(folder / "work"),
+    }
+    plan_path = folder / "plan.json"
+    plan_path.write_text(json.dumps(plan, indent=1, sort_keys=True))
+    runs = [Run(index, folder / f"run-{index}") for index in range(1, protocol.runs + 1)]
+    expected = len(specs) * protocol.rounds * 2
+    problems: list[str] = []
+    batches = [runs] if parallel else [[run] for run in runs]
+    for batch in batches:
+        launch(batch, plan_path, python=python, hash_seed=protocol.hash_seed)
+        problems += wait(batch, expected, timeout_s, progress)
+    collected = [collect(run) for run in runs] if not problems else []
+    libraries = sorted({library for library in _libraries(specs) if library})
+    env = environment.capture(tuple(libraries))
+    records = []
+    for spec in specs:
+        key = cell_id(spec)
+        if problems:
+            record = {
+                "schema": cost_record.SCHEMA,
+                "kind": "instructions",
+                "cell_id": key,
+                "cell": cell_description(arm_specs(spec, protocol.steps)["adapter"]),
+                "status": "failed",
+                "error": "; ".join(problems)[:4000],
+                "protocol": protocol.to_dict(),
+                "environment": env,
+            }
+        else:
+            record = cell_record(spec, protocol, collected, key, env)
+        cost_record.write(Path(results_dir) / cost_record.file_name("instructions", key), record)
+        records.append(record)
+    return records
+
+
+def _libraries(specs: Sequence) -> list[str | None]:
+    names = []
+    for spec in specs:
+        try:
+            names.append(get_adapter(spec.adapter).library)
+        except RegistryError:
+            names.append(None)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.cost.instructions", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    work = commands.add_parser("worker", help="(internal) measure a plan; run under valgrind")
+    work.add_argument("--plan", required=True, type=Path)
+    work.add_argument("--log", required=True, type=Path)
+    work.add_argument("--workroot", type=Path, default=None, help="scratch folder for the fits (default: the plan's)")
+    args = parser.parse_args(argv)
+    return worker(json.loads(args.plan.read_text()), args.log, args.workroot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
