@@ -352,7 +352,6 @@ class FastaiAdapter(Adapter):
             "fastai's loader rng, random.Random(random.randint(...)) when the loader is built, from Python's random "
             "module, which the worker seeds from the spec seed"
             + (" (under DDP, rank 0's index list is broadcast to every rank)" if job.dist.enabled else "")
-=======
         )
         if not (hasattr(learn, "recorder") and hasattr(learn, "progress")):
             raise RuntimeError("fastai's default Recorder/ProgressCallback are missing")  # defaults must measure them

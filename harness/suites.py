@@ -207,7 +207,8 @@ COST_MODES = ("process", "paired")
 
 
 def load_suite_file(path: Path, device: str) -> Suite:
-    """A TOML suite: top-level name/description/warmup/repeats/eval_every/fresh_processes/threads and ``[[runs]]`` tables.
+    """A TOML suite: top-level name, description, warmup, repeats, eval_every, fresh_processes, threads,
+    cost, cost_protocol and ``[[runs]]`` tables.
 
     Each value in a run table may be a list; the run expands to the product of its lists.
     Keys inside ``options`` expand the same way. Missing batch_size/steps/lr come from the task.

@@ -488,7 +488,6 @@ def run(
     }
     layout = configure_threads(spec.device, spec.threads)
     result["threads"] = {**layout, "per_rank": None}
-    context = init_from_env(spec.device)
     context = init_from_env(spec.device, process_group=spec.ddp)
     result["_rank"] = context.rank
     probe = Probe(context.device)
