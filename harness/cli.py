@@ -536,7 +536,7 @@ def command_bench(args: argparse.Namespace) -> int:
     """``bench``: check the store, run the suite, log its results to MLflow, write the report."""
     from harness import progress as bench_progress
     from harness.ingest import log_results
-    from harness.store import DEFAULT_TRACKING_URI, TrackingError
+    from harness.store import DEFAULT_TRACKING_URI, TrackingError, experiment_name
 
     tracked = not args.dry_run and not args.no_tracking
     uri = _tracking_uri(args) if tracked else None
@@ -562,6 +562,10 @@ def command_bench(args: argparse.Namespace) -> int:
     parent = f"parent run {logged.parent_run_id}" if logged.parent_run_id else "nothing new, no parent run"
     print(f"mlflow: {len(logged.logged)} runs logged, {len(logged.existing)} already there, in {logged.seconds:.1f} s "
           f"({parent}, store {uri})")
+    if outcome.suite.cost == "paired" and (outcome.results_dir / "cost").is_dir():
+        cost_code = _log_cost(outcome.results_dir / "cost", uri, experiment_name(outcome.suite.name),
+                              suite=outcome.suite.name, parent_run_id=logged.parent_run_id)
+        outcome.code = max(outcome.code, cost_code)
     from reports.source import Selection
 
     run_ids = tuple(logged.run_ids[result["spec_id"]] for result in outcome.results
@@ -582,7 +586,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def command_ingest(args: argparse.Namespace) -> int:
     from harness.ingest import log_results, read_result_dir
-    from harness.store import TrackingError
+    from harness.store import TrackingError, experiment_name
 
     folder = args.results_dir
     if folder.exists() and not folder.is_dir():
@@ -602,6 +606,10 @@ def command_ingest(args: argparse.Namespace) -> int:
     except TrackingError as error:
         print(f"bakeoff: error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    cost_code = EXIT_OK
+    if (folder / "cost").is_dir():
+        cost_code = _log_cost(folder / "cost", uri, args.experiment or experiment_name(suite), suite=suite,
+                              parent_run_id=logged.parent_run_id)
     parent = f" under parent run {logged.parent_run_id}" if logged.parent_run_id else ""
     extra = "".join([f", {logged.parity_updated} stored runs' verdicts updated" if logged.parity_updated else "",
                      f", {logged.deleted_incomplete} half-logged runs replaced" if logged.deleted_incomplete else ""])
@@ -611,8 +619,8 @@ def command_ingest(args: argparse.Namespace) -> int:
         verdict = "" if args.allow_partial else ": exit 1 (--allow-partial accepts this)"
         print(f"bakeoff: {len(problems)} of {len(problems) + len(results)} files in {folder} were skipped (listed "
               f"above); the valid ones are logged{verdict}", file=sys.stderr)
-        return EXIT_OK if args.allow_partial else EXIT_FAILED
-    return EXIT_OK
+        return max(cost_code, EXIT_OK if args.allow_partial else EXIT_FAILED)
+    return cost_code
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -837,15 +845,51 @@ def _add_cost_parser(commands) -> None:
                       help="seconds per cell process (default: 1800)")
     cost.add_argument("--force", action="store_true", help="measure again cells already measured with this protocol")
     cost.add_argument("--dry-run", action="store_true", help="list the cells and the protocol without measuring")
+    _add_tracking_option(cost)
+    cost.add_argument("--experiment", default=None,
+                      help="MLflow experiment the records go to (default: the suite's, else bakeoff-cost); "
+                           "bakeoff-standard puts the cost tables into the standard suite's report")
+    cost.add_argument("--no-tracking", action="store_true", help="write the record files only, log nothing")
     cost.epilog = ("exit status: 0 every cell measured (or unsupported); 1 a measurement failed; 2 bad input. "
                    "Records (bakeoff.cost/1 JSON) go to the results folder; see notes/issue-16.md for the fields.")
 
 
 def command_cost(args: argparse.Namespace) -> int:
     from harness.cost.plan import plan_from_args
+    from harness.store import experiment_name
 
     plan = plan_from_args(args)
-    return plan.run(print)
+    tracked = not plan.dry_run and not args.no_tracking
+    uri = _tracking_uri(args) if tracked else None  # a bad store is bad input before anything is measured
+    code = plan.run(print)
+    if not tracked:
+        return code
+    experiment = args.experiment or experiment_name(plan.suite_name or "cost")
+    return max(code, _log_cost(plan.results_dir, uri, experiment, suite=plan.suite_name or "cost"))
+
+
+def _log_cost(folder: Path, uri: str, experiment: str, *, suite: str, parent_run_id: str | None = None) -> int:
+    """Log the cost records in ``folder`` to the store; EXIT_FAILED (with one line) when that fails."""
+    from harness.cost.record import read_folder
+    from harness.ingest import log_cost_records
+    from harness.store import TrackingError
+
+    records, problems = read_folder(folder)
+    for problem in problems:
+        print(f"bakeoff: skipping {problem}", file=sys.stderr)
+    if not records:
+        return EXIT_FAILED if problems else EXIT_OK
+    try:
+        logged = log_cost_records(records, uri=uri, experiment=experiment, suite=suite, parent_run_id=parent_run_id)
+    except TrackingError as error:
+        print(f"bakeoff: error: {error}; the cost records are intact in {folder}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:  # the store failed mid-way: the records are on disk, say so in one line
+        print(f"bakeoff: error: logging cost records to {uri} failed ({type(error).__name__}: {error}); "
+              f"the records are intact in {folder}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"mlflow: {logged.logged} cost records logged, {logged.existing} already there (experiment {experiment})")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 COMMANDS = {

@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import locks, parity
+from harness.cost import record as cost_record
 from harness.environment import git_state
 from harness.payload import (
+    KIND_COST,
+    KIND_COST_INCOMPLETE,
     KIND_INCOMPLETE,
     KIND_INVOCATION,
     KIND_RESULT,
@@ -61,6 +64,7 @@ from harness.store import (
 )
 
 INVOCATION_ARTIFACT = "invocation.json"
+COST_ARTIFACT = "cost.json"
 
 
 @dataclass
@@ -412,3 +416,84 @@ def log_inputs(mlflow_client, run_id: str, datasets: list, attempts: int = 3) ->
             if attempt == attempts or "unique" not in str(error).lower():
                 raise
             time.sleep(0.2 * attempt)
+
+
+@dataclass
+class CostLogReport:
+    experiment_id: str
+    logged: int = 0
+    existing: int = 0
+
+
+def cost_digest(record: Mapping[str, Any]) -> str:
+    """16 hex digits over the publishable record: the same measurement, the same digest."""
+    text = json.dumps(cost_record.publishable(dict(record)), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def log_cost_records(
+    records: Sequence[Mapping[str, Any]], *, uri: str, experiment: str, suite: str,
+    parent_run_id: str | None = None,
+) -> CostLogReport:
+    """Log paired cost records (``bakeoff.cost/1``) as runs of kind ``cost``; ones already there are skipped.
+
+    Each run carries the record (machine paths stripped, secrets redacted) as ``cost.json``, the cell's
+    identity as tags and its headline figures as metrics, so the MLflow UI can sort by overhead.
+    """
+    from mlflow.entities import Metric
+
+    mlflow_client = client(uri)
+    experiment_id = get_or_create_experiment(mlflow_client, experiment, uri)
+    known = {run.data.tags.get(TAG + "cost_digest") for run in search_kind(mlflow_client, experiment_id, KIND_COST)}
+    report = CostLogReport(experiment_id=experiment_id)
+    secrets = secret_values()
+    for record in records:
+        digest = cost_digest(record)
+        if digest in known:
+            report.existing += 1
+            continue
+        clean = cost_record.publishable(dict(record))
+        cell = clean.get("cell") or {}
+        tags = {TAG + "kind": KIND_COST_INCOMPLETE, TAG + "cost_kind": clean["kind"],
+                TAG + "cost_key": cost_record.key_of(clean), TAG + "cost_digest": digest, TAG + "suite": suite,
+                TAG + "status": clean["status"]}
+        for name in ("task", "adapter", "mode", "precision"):
+            if cell.get(name) is not None:
+                tags[TAG + name] = str(cell[name])
+        if clean.get("library"):
+            tags[TAG + "library"] = str(clean["library"])
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        name = f"cost/{clean['kind']} {cell.get('label') or clean.get('library') or ''}".strip()
+        run = mlflow_client.create_run(experiment_id, run_name=name[:250],
+                                       tags={k: redact(v, secrets) for k, v in tags.items()})
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, 0) for key, value in _cost_metrics(clean).items()]
+        mlflow_client.log_batch(run.info.run_id, metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="bakeoff-cost-") as folder:
+            text = json.dumps(clean, indent=1, sort_keys=True, allow_nan=False)
+            (Path(folder) / COST_ARTIFACT).write_text(redact(text, secrets), encoding="utf-8")
+            mlflow_client.log_artifacts(run.info.run_id, folder)
+        mlflow_client.set_terminated(run.info.run_id, status="FINISHED" if clean["status"] != "failed" else "FAILED")
+        mlflow_client.set_tag(run.info.run_id, TAG + "kind", KIND_COST)  # last: now it counts as logged
+        known.add(digest)
+        report.logged += 1
+    return report
+
+
+def _cost_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    summary = record.get("summary") or {}
+    out: dict[str, float] = {}
+    for clock in ("wall", "thread"):
+        for name, key in (("difference", f"{clock}_overhead_us"), ("ratio", f"{clock}_ratio"),
+                          ("native", f"{clock}_native_us")):
+            value = ((summary.get(clock) or {}).get(name) or {}).get("value")
+            if isinstance(value, (int, float)):
+                out[key] = value
+    syncs = (record.get("syncs") or {}).get("adapter") or {}
+    if isinstance(syncs.get("per_step"), (int, float)):
+        out["syncs_per_step"] = syncs["per_step"]
+    per_step = summary.get("difference_per_step")
+    if record.get("kind") == "instructions" and isinstance(per_step, (int, float)):
+        out["instructions_difference_per_step"] = per_step
+    return out

@@ -27,6 +27,8 @@ from harness.result import Result
 
 TAG = "bakeoff."
 KIND_RESULT, KIND_INVOCATION, KIND_INCOMPLETE = "result", "invocation", "incomplete"
+KIND_COST, KIND_COST_INCOMPLETE = "cost", "cost-incomplete"
+"""A paired cost record (``bakeoff.cost/1``); a cost run is ``cost-incomplete`` until its last write."""
 
 # MLflow's limits (mlflow.utils.validation), restated so this module imports without mlflow.
 MAX_PARAM_VALUE = 6000

@@ -624,6 +624,53 @@ def inference_table(frame: pd.DataFrame) -> Table:
     return Table("inference", "What the high-level APIs infer from the data", columns, rows, note)
 
 
+PAIRED_COLUMNS = [
+    Column("cell", "cell", numeric=False),
+    Column("overhead_us", "overhead µs/step", "overhead_low", "overhead_high"),
+    Column("clock", "verdict clock", numeric=False),
+    Column("native_us", "native µs/step"),
+    Column("wall_us", "wall Δ µs/step", "wall_low", "wall_high"),
+    Column("thread_us", "thread Δ µs/step", "thread_low", "thread_high"),
+    Column("ratio", "÷ native", "ratio_low", "ratio_high"),
+    Column("instructions_ratio", "instructions ÷ native"),
+    Column("syncs_per_step", "host syncs/step"),
+    Column("placed_share", "profile places"),
+    Column("rounds", "rounds"),
+    Column("status", "status", numeric=False),
+]
+SYNC_COLUMNS = [
+    Column("cell", "cell", numeric=False),
+    Column("syncs_per_step", "syncs/step"),
+    Column("native_syncs_per_step", "native syncs/step"),
+    Column("by_kind", "by kind", numeric=False),
+    Column("top_site", "most frequent call site", numeric=False),
+]
+
+
+def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
+    """The ``paired`` and ``syncs`` tables from the suite's paired cost records (``bakeoff cost``)."""
+    from reports import cost as cost_rows
+
+    paired = Table(
+        "paired", "Paired in-process cost", PAIRED_COLUMNS, cost_rows.paired_table_rows(cost_records),
+        note=("Each cell ran in one process that alternated fresh native and adapter fits round after round, in a "
+              "random order balanced over the rounds; a round's figure per arm is its mean µs per steady-state step, "
+              "the cell's is the median of the per-round differences (adapter − native) with a bootstrap 95% CI over "
+              "rounds. The verdict clock is wall time where its CI half-width meets max(5 µs, 2% of the native step), "
+              "else the instruction count (callgrind, main thread, converted at native's µs per instruction) where "
+              "the cell has one; the main-thread CPU clock is shown beside it. Host syncs are the reads that would "
+              "stall a GPU, counted per step on the CPU; \"profile places\" is the share of the profiled difference "
+              "the profile names a call site for."),
+    )
+    syncs = Table(
+        "syncs", "Host syncs", SYNC_COLUMNS, cost_rows.syncs_table_rows(cost_records),
+        note=("Reads of device-resident tensors per optimizer step (`.item()`, `bool(tensor)`, `.cpu()`, `.tolist()`, "
+              "printing, boolean masks, …), counted by an interposer in the paired cost process; on a GPU each would "
+              "wait for the device. The native loop and the harness probe make none."),
+    )
+    return {"paired": paired, "syncs": syncs}
+
+
 def analyse(frame: pd.DataFrame, records: Sequence[RunRecord], tasks: dict[str, Any], *, samples: int):
     """Every derived table (name → Table) and the scaling fits for the plot."""
     found = cells(frame, records)

@@ -28,7 +28,8 @@ from harness.stats import BOOTSTRAP_SAMPLES
 from harness.store import store_kind
 from reports import analysis, findings, plots, render, tables
 from reports import claims as ledger
-from reports.source import RunRecord, Selection, load_runs
+from reports import cost as cost_report
+from reports.source import RunRecord, Selection, load_cost, load_runs
 
 RAW_SCHEMA = "bakeoff.report-raw/2"
 REPORT_SCHEMA = "bakeoff.report/3"
@@ -64,6 +65,8 @@ class Report:
     """Per adapter: the scoreboard cells and the findings sentences (``reports.findings``)."""
     figures: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     """file name → (caption, PNG bytes)."""
+    cost: list[dict[str, Any]] = field(default_factory=list)
+    """The paired cost records (``bakeoff.cost/1``, machine paths stripped) the cost tables come from."""
 
     @property
     def counts_line(self) -> str:
@@ -162,6 +165,7 @@ class Report:
             "tasks": self.tasks,
             "claims": self.claims,
             "runs": [r.to_dict() for r in sorted(self.records, key=lambda r: r.run_id)],
+            **({"cost": self.cost} if self.cost else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +228,7 @@ def content_id(
     tasks: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
     claims: list[dict[str, Any]] | None = None,
+    cost: list[dict[str, Any]] | None = None,
 ) -> str:
     """First 12 hex digits of SHA-256 over the canonical JSON of the raw runs, the declarations and every table.
 
@@ -237,6 +242,7 @@ def content_id(
         "tasks": tasks or {},
         "settings": settings or {},
         "claims": claims or [],
+        **({"cost": cost} if cost else {}),  # absent without cost records: earlier report ids stand
     }
     return hashlib.sha256(_canonical(json.loads(_canonical(content))).encode()).hexdigest()[:12]
 
@@ -361,6 +367,10 @@ def _figures(report: Report) -> dict[str, tuple[str, bytes]]:
             if png:
                 figures[f"target-{slug}.png"] = (f"{task}: validation {metric} against training time, "
                                                  f"target {declared['target_metric']:g}", png)
+    png = cost_report.attribution_plot(report.cost) if report.cost else None
+    if png:
+        figures["attribution-paired.png"] = ("paired cost: where each adapter's extra µs per step go (call-site "
+                                             "folders; hatched: not placed by the profile)", png)
     png = plots.scaling_fit(report.fits)
     if png:
         figures["scaling-fit.png"] = ("scaling: fixed per-step overhead + compute, fitted per adapter", png)
@@ -373,16 +383,21 @@ def assemble(
     *,
     tasks: dict[str, Any] | None = None,
     claims: list[dict[str, Any]] | None = None,
+    cost: list[dict[str, Any]] | None = None,
     samples: int = BOOTSTRAP_SAMPLES,
     generated_at: str | None = None,
     with_figures: bool = True,
 ) -> Report:
-    """The whole report from run records: a pure function of its inputs (bootstraps are seeded)."""
+    """The whole report from run records (and paired cost records): a pure function of its inputs
+    (bootstraps are seeded)."""
     frame = tables.runs_table(run_records)
     tasks = task_declarations([str(t) for t in frame["task"].dropna()]) if tasks is None else tasks
     claims = ledger.load() if claims is None else claims
     settings = {"bootstrap_samples": samples, "confidence": 0.95, "bootstrap_seed": 0}
     derived, fits, _ = analysis.analyse(frame, run_records, tasks, samples=samples)
+    cost = cost_report.publishable_records(cost or [])
+    if cost:
+        derived.update(analysis.cost_tables(cost))
     summaries = findings.summaries(frame, derived)
     derived["scoreboard"] = findings.scoreboard(summaries)
     derived["claims"] = ledger.claims_table(claims, derived, frame)
@@ -395,7 +410,7 @@ def assemble(
         source += f", {len(origin['run_ids'])} runs of one bench invocation"
     else:
         source += " (newest run per spec)"
-    report_id = content_id(frame, run_records, derived, tasks, settings, claims)
+    report_id = content_id(frame, run_records, derived, tasks, settings, claims, cost)
     report = Report(
         report_id=report_id,
         title=f"bakeoff report: {suite or origin.get('experiment')}",
@@ -413,6 +428,7 @@ def assemble(
         source_line=source,
         claims=claims,
         summaries=summaries,
+        cost=cost,
     )
     if with_figures:
         report.figures = _figures(report)
@@ -421,10 +437,11 @@ def assemble(
 
 def build_report(uri: str, selection: Selection, *, samples: int = BOOTSTRAP_SAMPLES) -> Report:
     selected, origin = load_runs(uri, selection)
+    cost = load_cost(uri, origin)
     origin = {**origin, "store": store_kind(uri)}
     if selection.run_ids:
         origin["run_ids"] = list(selection.run_ids)
-    return assemble(selected, origin, samples=samples)
+    return assemble(selected, origin, cost=cost, samples=samples)
 
 
 def steps_csv(report: Report) -> str:
@@ -485,6 +502,7 @@ def verify_report(folder: Path) -> tuple[str | None, list[str]]:
     try:
         run_records = [RunRecord.from_dict(r) for r in raw["runs"]]
         rebuilt = assemble(run_records, raw["origin"], tasks=raw["tasks"], claims=raw.get("claims", []),
+                           cost=raw.get("cost"),
                            samples=int(raw["settings"]["bootstrap_samples"]),
                            generated_at=saved.get("generated_at"), with_figures=False)
     except (KeyError, TypeError, ValueError) as error:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cost.analysis import meets_target
-from harness.cost.record import read_folder
+from harness.cost.record import key_of, publishable, read_folder
 from harness.environment import REPO_ROOT
 
 CLOCKS = ("wall", "thread")
@@ -451,31 +451,17 @@ def markdown(records: Sequence[dict[str, Any]], *, title: str, machine: str) -> 
 # --------------------------------------------------------------------------- a published folder
 
 
-def _publishable(record: dict[str, Any]) -> dict[str, Any]:
-    """The record without the machine's own paths (the interpreter's location) or bulky per-function tables."""
-    out = {key: value for key, value in record.items() if key not in ("traceback", "output_tail")}
-    environment = dict(out.get("environment") or {})
-    if environment.get("executable"):
-        environment["executable"] = environment["executable"].replace("\\", "/").rsplit("/", 1)[-1]
-    out["environment"] = environment
-    return out
-
-
 def report_id(records: Sequence[dict[str, Any]]) -> str:
     """12 hex digits over the records' content: the same records, the same folder name."""
-    text = json.dumps(sorted((_publishable(r) for r in records), key=_sort_key), sort_keys=True, default=str)
+    text = json.dumps(sorted((publishable(r) for r in records), key=key_of), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _sort_key(record: dict[str, Any]) -> str:
-    return f"{record['kind']}-{record.get('cell_id') or record.get('library')}"
 
 
 def write_report(records: Sequence[dict[str, Any]], folder, *, title: str, machine: str) -> dict[str, Any]:
     """``report.md``, ``records.json`` (every record, paths stripped) and ``attribution.png`` in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    clean = sorted((_publishable(r) for r in records), key=_sort_key)
+    clean = sorted((publishable(r) for r in records), key=key_of)
     text = json.dumps(clean, indent=1, sort_keys=True)
     if str(REPO_ROOT) in text:
         raise ValueError("a cost record still holds a path of this machine; not publishing it")
@@ -516,3 +502,89 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------- tables of the suite report
+
+
+def _verdict_figure(row: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """The overhead the verdict clock gives: (µs/step, CI low, CI high)."""
+    clock = (row.get("verdict") or {}).get("clock")
+    if clock == "instructions" and row.get("instructions_estimate_us") is not None:
+        difference = row.get("instructions_difference") or {}
+        per_instruction = row["instructions_estimate_us"] / difference["value"] if difference.get("value") else None
+        if per_instruction is None:
+            return row["instructions_estimate_us"], None, None
+        return (row["instructions_estimate_us"], difference["low"] * per_instruction,
+                difference["high"] * per_instruction)
+    wall = row.get("wall_overhead_us")
+    if wall:
+        return wall["value"], wall["low"], wall["high"]
+    return None, None, None
+
+
+def paired_table_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The suite report's ``paired`` table: one row per measured cell, the verdict clock's figure first."""
+    rows = []
+    for row in overhead_rows(records):
+        value, low, high = _verdict_figure(row)
+        wall, thread = row.get("wall_overhead_us") or {}, row.get("thread_overhead_us") or {}
+        ratio, target = row.get("wall_ratio") or {}, row.get("wall_target") or {}
+        options = ",".join(f"{k}={v}" for k, v in sorted(row["options"].items()))
+        rows.append({
+            "cell": row["label"],
+            "task": row["task"] + (f"[{options}]" if options else ""),
+            "adapter": row["adapter"],
+            "mode": row["mode"],
+            "precision": row["precision"],
+            "status": row["status"],
+            "overhead_us": value,
+            "overhead_low": low,
+            "overhead_high": high,
+            "clock": (row.get("verdict") or {}).get("clock"),
+            "clock_reason": (row.get("verdict") or {}).get("reason"),
+            "native_us": row.get("wall_native_us"),
+            "wall_us": wall.get("value"),
+            "wall_low": wall.get("low"),
+            "wall_high": wall.get("high"),
+            "wall_target_met": target.get("met"),
+            "thread_us": thread.get("value"),
+            "thread_low": thread.get("low"),
+            "thread_high": thread.get("high"),
+            "ratio": ratio.get("value"),
+            "ratio_low": ratio.get("low"),
+            "ratio_high": ratio.get("high"),
+            "rounds": row.get("rounds"),
+            "instructions_ratio": (row.get("instructions_ratio") or {}).get("value"),
+            "syncs_per_step": row.get("syncs_per_step"),
+            "placed_share": row.get("placed_share"),
+            "error": row.get("error"),
+        })
+    return rows
+
+
+def syncs_table_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The suite report's ``syncs`` table: per measured cell, the adapter's host syncs per step and where."""
+    rows = []
+    for record in sorted(by_kind(records)["paired"], key=lambda r: _order(cell_key(r))):
+        if record["status"] != "ok" or not record.get("syncs"):
+            continue
+        cell, adapter, native = record["cell"], record["syncs"]["adapter"], record["syncs"]["native"]
+        sites = sorted(adapter["sites"], key=lambda s: -s["per_step"])
+        rows.append({
+            "cell": cell["label"],
+            "adapter": cell["adapter"],
+            "mode": cell["mode"],
+            "precision": cell["precision"],
+            "syncs_per_step": adapter["per_step"],
+            "native_syncs_per_step": native["per_step"],
+            "by_kind": ", ".join(f"{kind} {n:g}" for kind, n in sorted(adapter.get("by_kind", {}).items())) or "none",
+            "top_site": f"{sites[0]['kind']} at {sites[0]['site']}" if sites else None,
+            "sites": [f"{s['kind']} {s['per_step']:g}/step at {s['site']}" for s in sites],
+        })
+    return rows
+
+
+def publishable_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records as a report's raw data keeps them: no machine paths, in a stable order."""
+    return sorted((publishable(r) for r in records), key=key_of)

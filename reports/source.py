@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import parity
-from harness.ingest import INVOCATION_ARTIFACT
-from harness.payload import KIND_INVOCATION, KIND_RESULT, STEP_METRICS, TAG, Payload, payload_of
+from harness.ingest import COST_ARTIFACT, INVOCATION_ARTIFACT
+from harness.payload import KIND_COST, KIND_INVOCATION, KIND_RESULT, STEP_METRICS, TAG, Payload, payload_of
 from harness.result import Result
 from harness.store import client, experiment_name, newest_per_spec, search_kind
 
@@ -206,3 +206,40 @@ def load_runs(uri: str, selection: Selection, *, with_histories: bool = True) ->
     if not runs:
         raise SourceError(f"{selection.describe()} holds no bakeoff result runs")
     return [_record(mlflow_client, run, with_histories) for run in runs], origin
+
+
+def load_cost(uri: str, origin: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paired cost records of the report's experiment: the newest per measured thing.
+
+    A report of one bench invocation takes the records logged under that invocation when there are
+    any; otherwise (and for a report of the whole experiment) the experiment's newest record per
+    cell. A record whose artifact cannot be read is left out (the cost tables then lack that cell).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from harness.cost import record as cost_record
+
+    if not origin.get("experiment_id"):
+        return []
+    mlflow_client = client(uri)
+    runs = search_kind(mlflow_client, origin["experiment_id"], KIND_COST)
+    parent = origin.get("parent_run_id")
+    if parent and any(run.data.tags.get("mlflow.parentRunId") == parent for run in runs):
+        runs = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent]
+    newest: dict[str, Any] = {}
+    for run in runs:
+        key = run.data.tags.get(TAG + "cost_key")
+        if key and (key not in newest or (run.info.start_time, run.info.run_id)
+                    > (newest[key].info.start_time, newest[key].info.run_id)):
+            newest[key] = run
+    out = []
+    for key in sorted(newest):
+        try:
+            with tempfile.TemporaryDirectory(prefix="bakeoff-cost-") as folder:
+                path = mlflow_client.download_artifacts(newest[key].info.run_id, COST_ARTIFACT, folder)
+                record = json.loads(Path(path).read_text(encoding="utf-8"))
+            cost_record.validate(record, where=f"cost run {newest[key].info.run_id}")
+        except (MlflowException, OSError, ValueError):
+            continue
+        out.append(record)
+    return out

@@ -49,6 +49,8 @@ class CostPlan:
     force: bool
     dry_run: bool
     source: str
+    suite_name: str | None = None
+    """The suite the cells came from (None: the default cells); names the MLflow experiment."""
 
     def run(self, say: Callable[[str], None]) -> int:
         say(
@@ -301,4 +303,5 @@ def build_plan(
         force=force,
         dry_run=dry_run,
         source=source or "cells",
+        suite_name=suite.name if suite is not None else None,
     )

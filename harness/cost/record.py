@@ -96,3 +96,18 @@ def read_folder(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except CostRecordError as error:
             problems.append(str(error))
     return records, problems
+
+
+def key_of(record: dict[str, Any]) -> str:
+    """What the record measured: ``<kind>:<cell_id>`` or ``contamination:<library>`` (a rerun replaces it)."""
+    return f"{record['kind']}:{record.get('cell_id') or record.get('library')}"
+
+
+def publishable(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without the machine's own paths (the interpreter's location) or bulky failure output."""
+    out = {key: value for key, value in record.items() if key not in ("traceback", "output_tail")}
+    environment = dict(out.get("environment") or {})
+    if environment.get("executable"):
+        environment["executable"] = environment["executable"].replace("\\", "/").rsplit("/", 1)[-1]
+    out["environment"] = environment
+    return out
