@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness import coverage
 from harness.durations import step_durations_ns
 from harness.parity import Parity
 from harness.result import Result
@@ -57,6 +58,13 @@ SUMMARY_METRICS = (
     "target_metric",
     "steps_to_target",
     "time_to_target_s",
+    "compile_s",
+    "compile_events",
+    "compile_setup_s",
+    "flops_per_step",
+    "achieved_flops_per_s",
+    "peak_flops_per_s",
+    "mfu",
 )
 RUN_STATUS = {"ok": "FINISHED", "failed": "FAILED", "unsupported": "FINISHED"}
 
@@ -213,6 +221,8 @@ def tags_of(result: Result, *, suite: str, parity: Parity | None = None) -> dict
         "declared_parity": result.declared_parity,
         "precision_impl": result.notes.get("precision_impl"),
         "skipped_steps": result.notes.get("skipped_steps"),
+        "coverage": coverage.describe(result.extra["coverage"]) if "coverage" in result.extra else None,
+        "launch": result.extra.get("timing", {}).get("launch"),
     }
     tags.update(parity_tags(parity))
     out = {TAG + k: clip(v if isinstance(v, str) else json.dumps(v), MAX_TAG_VALUE) for k, v in tags.items()

@@ -226,7 +226,8 @@ def overhead_table(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict
             row["test_verdict"] = "no native run in this cell"
         else:
             row["test_verdict"] = "no finished run"
-        for column, out in (("peak_memory_bytes", "peak_mib"), ("startup_s", "startup_s"), ("wall_s", "wall_s")):
+        for column, out in (("peak_memory_bytes", "peak_mib"), ("startup_s", "startup_s"),
+                            ("library_startup_s", "library_startup_s"), ("wall_s", "wall_s")):
             values = cell.values(column)
             if column == "peak_memory_bytes":
                 values = [v / 2**20 for v in values]
@@ -245,6 +246,7 @@ def overhead_table(frame: pd.DataFrame, found: dict[Cell, CellRuns], tasks: dict
         Column("throughput", "samples/s (95% CI)", "throughput_low", "throughput_high"),
         Column("peak_mib", "peak MiB"),
         Column("startup_s", "start-up s (95% CI)", "startup_s_low", "startup_s_high"),
+        Column("library_startup_s", "library start-up s (95% CI)", "library_startup_s_low", "library_startup_s_high"),
         Column("wall_s", "wall s (95% CI)", "wall_s_low", "wall_s_high"),
         Column("time_to_target_s", "time to target s (95% CI)", "time_to_target_low", "time_to_target_high"),
         Column("time_to_target", "target", numeric=False),

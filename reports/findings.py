@@ -205,21 +205,33 @@ def _defaults(summary: AdapterSummary, tables: dict[str, Table]) -> None:
 PREFERRED_TASKS = ("digits",)
 
 
+def _startup_figure(row: dict[str, Any]) -> tuple[str, str] | None:
+    """(column, what it is) of a row's start-up: the cold figure where a fresh process measured it, else the
+    library's own (its import, set-up and first step in a worker forked with torch already loaded)."""
+    if row.get("startup_s") is not None:
+        return "startup_s", "Start-up"
+    if row.get("library_startup_s") is not None:
+        return "library_startup_s", "Library start-up (import, set-up, first step; torch already loaded)"
+    return None
+
+
 def _startup(summary: AdapterSummary, tables: dict[str, Table], native_startup: dict[str, float]) -> None:
     rows = [r for r in tables["overhead"].rows if r["adapter"] == summary.adapter and r["mode"] == "aligned"
             and r["precision"] == "fp32" and (r["world_size"] or 1) == 1 and (r["grad_accum"] or 1) == 1
-            and r.get("startup_s") is not None]
+            and _startup_figure(r) is not None]
     if not rows:
         summary.cells["startup"] = "not measured"
         return
     row = next((r for r in rows if r["task_key"] in PREFERRED_TASKS), rows[0])
-    text = numbers.with_ci(row["startup_s"], row.get("startup_s_low"), row.get("startup_s_high"))
-    summary.cells["startup"] = link(numbers.sig(row["startup_s"]), ANCHOR["overhead"])
+    column, what = _startup_figure(row)
+    text = numbers.with_ci(row[column], row.get(f"{column}_low"), row.get(f"{column}_high"))
+    summary.cells["startup"] = link(numbers.sig(row[column]) + ("" if column == "startup_s" else " (library)"),
+                                    ANCHOR["overhead"])
     extra = ""
-    native = native_startup.get(row["task_key"])
+    native = native_startup.get((row["task_key"], column))
     if summary.adapter != "native" and native is not None:
-        extra = f", {numbers.signed(row['startup_s'] - native, 's')} vs native"
-    summary.sentences.append(f"Start-up {link(text + ' s', ANCHOR['overhead'])} ({row['task_key']}{extra}).")
+        extra = f", {numbers.signed(row[column] - native, 's')} vs native"
+    summary.sentences.append(f"{what} {link(text + ' s', ANCHOR['overhead'])} ({row['task_key']}{extra}).")
 
 
 def _syncs(summary: AdapterSummary, tables: dict[str, Table]) -> None:
@@ -254,9 +266,10 @@ def _infers(summary: AdapterSummary, tables: dict[str, Table]) -> None:
 
 def summaries(frame, tables: dict[str, Table]) -> list[AdapterSummary]:
     parity_rows = tables["parity"].rows
-    native_startup = {r["task_key"]: r["startup_s"] for r in tables["overhead"].rows
-                      if r["adapter"] == "native" and r["precision"] == "fp32" and (r["world_size"] or 1) == 1
-                      and (r["grad_accum"] or 1) == 1 and r.get("startup_s") is not None}
+    native_startup = {(r["task_key"], column): r[column] for r in tables["overhead"].rows
+                      for column in ("startup_s", "library_startup_s")
+                      if r["adapter"] == "native" and r["mode"] == "aligned" and r["precision"] == "fp32"
+                      and (r["world_size"] or 1) == 1 and (r["grad_accum"] or 1) == 1 and r.get(column) is not None}
     out = []
     for adapter, label, style in _adapters(frame):
         summary = AdapterSummary(adapter=adapter, label=label, style=style)

@@ -42,6 +42,11 @@ COLUMNS: list[tuple[str, str]] = [
     ("wall_s", "metric:wall_s"),
     ("fit_s", "metric:fit_s"),
     ("startup_s", "metric:startup_s"),
+    ("library_startup_s", "metric:library_startup_s"),
+    ("launch", "tag:launch"),
+    ("compile_s", "metric:compile_s"),
+    ("flops_per_step", "metric:flops_per_step"),
+    ("mfu", "metric:mfu"),
     ("warmup_steps", "metric:warmup_steps"),
     ("eval_every", "metric:eval_every"),
     ("evals_run", "metric:evals_run"),
@@ -57,11 +62,13 @@ COLUMNS: list[tuple[str, str]] = [
     ("parity_json", "tag:parity_json"),
     ("declared_parity", "tag:declared_parity"),
     ("precision_impl", "tag:precision_impl"),
+    ("coverage", "tag:coverage"),
     ("style", "tag:style"),
 ]
 NUMERIC = {
     "median_step_us", "throughput_samples_per_s", "peak_memory_bytes", "final_loss", "eval_metric", "eval_loss",
-    "wall_s", "fit_s", "startup_s", "lr", "time_to_target_s",
+    "wall_s", "fit_s", "startup_s", "lr", "time_to_target_s", "library_startup_s", "compile_s", "flops_per_step",
+    "mfu",
 }
 INTEGER = {
     "world_size", "grad_accum", "batch_size", "steps", "seed", "repeat", "warmup_steps", "eval_every", "evals_run",
