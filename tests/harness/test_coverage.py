@@ -148,10 +148,11 @@ class PlantedLoaderAdapter(NativeAdapter):
 
 @pytest.fixture
 def planted_adapter(monkeypatch):
-    real = registry.get_adapter
-    monkeypatch.setattr(
-        worker, "get_adapter", lambda name: PlantedLoaderAdapter() if name == "planted-loader" else real(name)
-    )
+    entry = registry.Entry(kind="adapter", name=PlantedLoaderAdapter.name,
+                           target=f"{__name__}:PlantedLoaderAdapter", origin="built-in")
+    monkeypatch.setitem(registry.adapter_table(), PlantedLoaderAdapter.name, entry)
+    yield
+    registry.clear_caches()
 
 
 def test_a_planted_sampler_is_reported_by_the_worker(inline, planted_adapter):
@@ -219,7 +220,8 @@ class SampleIds(Task):
 
 @pytest.fixture
 def sample_ids(monkeypatch):
-    monkeypatch.setitem(registry.task_table(), SampleIds.name, f"{__name__}:SampleIds")
+    entry = registry.Entry(kind="task", name=SampleIds.name, target=f"{__name__}:SampleIds", origin="built-in")
+    monkeypatch.setitem(registry.task_table(), SampleIds.name, entry)
     start = Probe.fit_start
     kept: list[dict] = []
     rank_draws = worker.rank_draws

@@ -24,7 +24,8 @@ class NoCpuBf16(Scaling):
 
 @pytest.fixture
 def declaring_task(monkeypatch):
-    monkeypatch.setitem(registry.task_table(), NoCpuBf16.name, f"{__name__}:NoCpuBf16")
+    entry = registry.Entry(kind="task", name=NoCpuBf16.name, target=f"{__name__}:NoCpuBf16", origin="built-in")
+    monkeypatch.setitem(registry.task_table(), NoCpuBf16.name, entry)
     return NoCpuBf16.name
 
 
