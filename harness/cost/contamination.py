@@ -115,7 +115,7 @@ def variants(adapters: Sequence[str]) -> dict[str, str | None]:
         base, version = split_adapter(name)
         if name == "native" or version is not None or base not in table:
             continue
-        out[name] = table[base].partition(":")[0]
+        out[name] = table[base].target.partition(":")[0]
     return out
 
 

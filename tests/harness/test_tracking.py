@@ -403,7 +403,7 @@ def _tiny_suite(tmp_path, monkeypatch, name: str) -> list[str]:
     from harness import runner
     from harness.worker import run_inline
 
-    monkeypatch.setattr(runner, "run_spec", lambda spec, options: run_inline(spec, options.results_dir, warmup=1))
+    monkeypatch.setattr(runner, "run_spec", lambda spec, options, *_: run_inline(spec, options.results_dir, warmup=1))
     suite = tmp_path / "tiny.toml"
     suite.write_text(f'name = "{name}"\nwarmup = 1\n[[runs]]\ntask = "digits"\nadapter = "native"\nsteps = 3\n')
     return ["bench", "--suite-file", str(suite), "--device", "cpu", "--results-dir", str(tmp_path / "results")]
