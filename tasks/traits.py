@@ -123,15 +123,19 @@ def detect_traits(
             model.eval()
             try:
                 with torch.autocast(device.type, dtype=_low_precision_dtype(device.type), cache_enabled=True):
-                    output = model(inputs)
-                    inside = loss(output, targets)
-                    inside_upcast = loss(output.float(), targets)
-                outside_upcast = loss(output.float(), targets)
+                    output = model(inputs)  # with grad: its graph shows a cached cast feeding several ops
+                    # The losses only as values, without grad: a loss that counts its training calls (or
+                    # does anything else per call) must not count these.
+                    with torch.no_grad():
+                        inside = loss(output, targets)
+                        inside_upcast = loss(output.float(), targets)
+                with torch.no_grad():
+                    outside_upcast = loss(output.float(), targets)
             except Exception as error:  # e.g. an op with no low-precision kernel on this device
                 reason = f"the autocast forward pass failed: {type(error).__name__}: {str(error).splitlines()[0]}"
                 undetermined.update({name: reason[:300] for name in AUTOCAST_TRAITS})
             else:
-                if reused_under_autocast(inside):
+                if reused_under_autocast(output):
                     found.add("weight-reuse")
                 if not _bitwise_equal(inside, inside_upcast, outside_upcast):
                     found.add("loss-precision-sensitive")
