@@ -146,10 +146,30 @@ def owning_distribution(top: str) -> tuple[str | None, str | None]:
     names = importlib.metadata.packages_distributions().get(top) or []
     for name in names:
         try:
-            return name, importlib.metadata.version(name)
+            found = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+        if _in_source_folder(found):
+            continue
+        return name, found.version
     return None, None
+
+
+def _in_source_folder(found) -> bool:
+    """Whether a distribution's metadata lies in a folder import paths resolve from, not an installation.
+
+    Building a package in place leaves ``<name>.egg-info`` in its source folder; with that folder on
+    the plugin path the metadata is visible though nothing is installed, and the code would be
+    named after a distribution (and version) that a ``pip uninstall`` already removed.
+    """
+    from harness.registry import PLUGIN_PATH_ENV
+
+    folders = [Path(f).resolve() for f in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep) if f]
+    try:
+        location = Path(str(found.locate_file(""))).resolve()
+    except (OSError, TypeError, ValueError):
+        return False
+    return location in folders
 
 
 def with_code_identity(spec: Spec, *, strict: bool = True, memo: dict | None = None) -> Spec:
