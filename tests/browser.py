@@ -66,8 +66,13 @@ class Page:
 
 @contextlib.contextmanager
 def open_page(width: int, height: int):
+    """A headless Chromium page; a machine without Chromium fails the test with the install command (never skips)."""
     import websockets
 
+    if chromium() is None:
+        import pytest
+
+        pytest.fail("Chromium not found: run `make test-deps` (installs Debian's chromium)", pytrace=False)
     profile = tempfile.mkdtemp(prefix="bakeoff-chromium-")
     process = subprocess.Popen(
         [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",

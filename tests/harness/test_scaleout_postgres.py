@@ -173,7 +173,8 @@ def test_two_shards_into_a_postgres_backed_server_merge_into_the_unsharded_repor
     shards = [_shard(suite, i, tmp_path / f"shard{i}", uri, tmp_path / "out") for i in (1, 2)]
     try:
         # Meanwhile, the unsharded reference: workers in-process, logged into the private SQLite store.
-        monkeypatch.setattr(runner, "run_spec", lambda spec, options, *_: run_inline(spec, options.results_dir, warmup=1))
+        monkeypatch.setattr(runner, "run_spec",
+                            lambda spec, options, *_: run_inline(spec, options.results_dir, warmup=1))
         monkeypatch.setenv("BAKEOFF_REPORTS_OUT", str(tmp_path / "out-unsharded"))
         sqlite_uri = os.environ["MLFLOW_TRACKING_URI"]
         assert main(["bench", "--suite-file", str(suite), "--device", "cpu", "--results-dir",

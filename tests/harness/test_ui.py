@@ -38,7 +38,6 @@ def test_bakeoff_ui_prints_a_link_per_suite_to_its_run_table(logged_store, capsy
     assert main(["ui", "--port", "0", "--no-server"]) == 2
 
 
-@pytest.mark.skipif(browser.chromium() is None, reason="needs Debian's chromium (make test-deps installs it)")
 @pytest.mark.timeout(300)
 def test_the_link_shows_adapter_mode_precision_parity_and_step_time_without_picking_columns(logged_store, tmp_path):
     uri, root, _results = logged_store

@@ -59,7 +59,6 @@ def _first_screen(html: Path, shot: Path) -> dict:
         })()""")
 
 
-@pytest.mark.skipif(browser.chromium() is None, reason="needs Debian's chromium (make test-deps installs it)")
 def test_findings_and_the_whole_scoreboard_are_on_the_first_screen(many_adapters, tmp_path):
     folder, _ = many_adapters
     boxes = _first_screen(folder / "report.html", tmp_path / "first-screen.png")
@@ -67,7 +66,6 @@ def test_findings_and_the_whole_scoreboard_are_on_the_first_screen(many_adapters
     assert boxes["lastScoreboardRow"] is not None and boxes["lastScoreboardRow"] <= boxes["viewport"], boxes
 
 
-@pytest.mark.skipif(browser.chromium() is None, reason="needs Debian's chromium (make test-deps installs it)")
 def test_the_published_standard_report_opens_on_its_findings_and_scoreboard(tmp_path):
     published = sorted(PUBLISHED.glob("*standard*/report.json"))
     assert published, "no published standard report"
