@@ -36,7 +36,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 class BakeoffSession:
-    """:mod:`bakeoff.testing` with one results folder: ``assert_parity``, ``assert_spec_parity``, ``make_spec``."""
+    """:mod:`bakeoff.testing` with one results folder: ``assert_parity``, ``assert_spec_parity``,
+    ``assert_overhead``, ``make_spec``."""
 
     def __init__(self, results_dir: Path) -> None:
         self.results_dir = results_dir
@@ -53,6 +54,12 @@ class BakeoffSession:
         kwargs.setdefault("results_dir", self.results_dir)
         return assert_spec_parity(spec, **kwargs)
 
+    def assert_overhead(self, task: str, adapter: str, **kwargs: Any):
+        from bakeoff.testing import assert_overhead
+
+        kwargs.setdefault("results_dir", self.results_dir / "cost")
+        return assert_overhead(task, adapter, **kwargs)
+
     def make_spec(self, task: str, adapter: str = "native", **fields: Any):
         from bakeoff.testing import make_spec
 
@@ -61,7 +68,7 @@ class BakeoffSession:
 
 @pytest.fixture(scope="session")
 def bakeoff(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BakeoffSession:
-    """bakeoff's parity assertions, all writing to this session's results folder."""
+    """bakeoff's parity and overhead assertions, all writing to this session's results folder."""
     chosen = request.config.getoption("bakeoff_results", None)
     folder = Path(chosen) if chosen else tmp_path_factory.mktemp("bakeoff-results")
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ParityAssertionError", "assert_parity", "assert_spec_parity", "make_spec", "parity_message"]
+__all__ = [
+    "OverheadAssertionError", "ParityAssertionError", "assert_overhead", "assert_parity", "assert_spec_parity",
+    "make_spec", "parity_message",
+]
 
 
 class ParityAssertionError(AssertionError):
@@ -205,3 +208,71 @@ def parity_message(outcome) -> str:
     for role, result in (("run", candidate), ("partner", partner)):
         lines.append(f"{role} result: {result_path(folder, Spec.from_dict(result['spec']))}")
     return head + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class OverheadAssertionError(AssertionError):
+    """An adapter's paired per-step overhead is above the budget (or could not be measured); ``record`` has it."""
+
+    def __init__(self, message: str, record: Any = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+def assert_overhead(
+    task: str,
+    adapter: str,
+    *,
+    at_most_us: float | None = None,
+    at_most_ratio: float | None = None,
+    clock: str = "wall",
+    rounds: int = 20,
+    steps: int = 60,
+    warmup: int = 10,
+    threads: int = 1,
+    results_dir: str | Path | None = None,
+    timeout_s: float = 900.0,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Measure ``adapter``'s per-step overhead over the native loop, paired in one process, and hold it to a budget.
+
+    Fails (:class:`OverheadAssertionError`) unless the upper end of the 95% CI is within the budget:
+    ``at_most_us`` µs per step more than native and/or ``at_most_ratio`` × native, by ``clock``
+    (``wall``, or ``thread``: the main thread's CPU time, steadier on a shared machine). Passing
+    needs the whole CI inside the budget, so a noisy measurement fails rather than passes by luck.
+    Returns the ``bakeoff.cost/1`` record. ``fields`` are :func:`make_spec`'s (precision, batch_size,
+    options, mode, …); the fit must stay within one epoch of the task's data.
+    """
+    from harness.cost.paired import Protocol
+    from harness.cost.run import check_cells, run_paired
+    from harness.spec import SpecError
+
+    if at_most_us is None and at_most_ratio is None:
+        raise SpecError("give a budget: at_most_us, at_most_ratio or both")
+    if clock not in ("wall", "thread"):
+        raise SpecError(f"clock must be 'wall' or 'thread', got {clock!r}")
+    spec = make_spec(task, adapter, **{"steps": steps, **fields})
+    protocol = Protocol(rounds=rounds, steps=steps, warmup=warmup, threads=threads, sync_fits=0, profile_rounds=0)
+    check_cells([spec], protocol)
+    folder = Path(results_dir) if results_dir is not None else Path(tempfile.mkdtemp(prefix="bakeoff-overhead-"))
+    (record,) = run_paired([spec], protocol, folder, timeout_s=timeout_s, force=True)
+    if record["status"] != "ok":
+        raise OverheadAssertionError(f"{adapter} on {task}: not measured ({record['status']}: {record.get('error')})",
+                                     record)
+    summary = record["summary"][clock]
+    difference, ratio = summary["difference"], summary["ratio"]
+    over = []
+    if at_most_us is not None and difference["high"] > at_most_us:
+        over.append(f"the CI's upper end {difference['high']:+.1f} µs/step is above the budget of {at_most_us:g} µs")
+    if at_most_ratio is not None and ratio["high"] > at_most_ratio:
+        over.append(f"the CI's upper end {ratio['high']:.3f}x native is above the budget of {at_most_ratio:g}x")
+    if over:
+        native = summary["native"]["value"]
+        raise OverheadAssertionError(
+            f"{adapter} on {task} ({spec.mode} {spec.precision}, batch {spec.batch_size}): "
+            f"{clock} overhead {difference['value']:+.1f} µs/step "
+            f"[{difference['low']:+.1f}, {difference['high']:+.1f}], "
+            f"{ratio['value']:.3f}x native ({native:.1f} µs/step) over {len(record['rounds'])} paired rounds; "
+            + "; ".join(over),
+            record,
+        )
+    return record

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.spec import SpecError
+
 pytest_plugins = ("pytester",)
 
 PROJECT = Path(__file__).parent / "user_project"
@@ -72,3 +74,23 @@ def test_strategies_draw_only_what_the_adapters_accept():
         ("tests.adapters.test_loop:fp32_only_train", "aligned", "fp32", 1, 1),
         ("tests.adapters.test_loop:fp32_only_train", "aligned", "fp32", 1, 2),
     ]
+
+
+def test_assert_overhead_holds_a_planted_cost_to_its_budget(tmp_path, plugin_env):
+    """A planted 2 ms busy-wait per step (main-thread CPU): a budget far above it passes, one below it fails
+    with the measured figure and its CI; the thread clock, because the plant is CPU time by construction."""
+    from bakeoff.testing import OverheadAssertionError, assert_overhead
+
+    measure = {"task": "scaling", "adapter": "cost-busy2000", "clock": "thread", "rounds": 6, "steps": 30,
+               "warmup": 10, "batch_size": 32, "options": {"width": 64}}
+    record = assert_overhead(**measure, at_most_us=20_000, results_dir=tmp_path / "pass")
+    difference = record["summary"]["thread"]["difference"]
+    assert difference["low"] > 1_000 and difference["high"] < 20_000, difference  # the 2 ms plant is what it measured
+    with pytest.raises(OverheadAssertionError) as caught:
+        assert_overhead(**measure, at_most_us=500, results_dir=tmp_path / "fail")
+    message = str(caught.value)
+    assert message.startswith("cost-busy2000 on scaling (aligned fp32, batch 32): thread overhead +"), message
+    assert "above the budget of 500 µs" in message and "over 6 paired rounds" in message
+    assert caught.value.record["status"] == "ok"
+    with pytest.raises(SpecError, match="give a budget"):
+        assert_overhead("scaling", "cost-busy2000")
