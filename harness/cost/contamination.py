@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,7 @@ class ContaminationProtocol:
     order_seed: int = 0
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise SpecError(f"contamination protocol {item.name} must be a non-negative integer, got {value!r}")
+        cost_record.check_counts(self, "contamination protocol")
         if self.blocks < 2 or self.fits < 1 or self.threads < 1:
             raise SpecError("contamination needs at least 2 blocks, 1 fit per process and 1 thread")
         if self.steps < self.warmup + 2:

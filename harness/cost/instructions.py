@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,7 @@ class InstructionProtocol:
     """PYTHONHASHSEED of every run."""
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise SpecError(f"instruction protocol {item.name} must be a non-negative integer, got {value!r}")
+        cost_record.check_counts(self, "instruction protocol")
         if self.rounds < 1 or self.runs < 1 or self.threads < 1:
             raise SpecError("instruction protocol needs at least 1 round, 1 run and 1 thread")
         if self.steps < self.warmup + 2:

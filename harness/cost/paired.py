@@ -96,10 +96,7 @@ class Protocol:
     top_sites: int = 12
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise SpecError(f"cost protocol {item.name} must be a non-negative integer, got {value!r}")
+        cost_record.check_counts(self, "cost protocol")
         if self.rounds < MIN_ROUNDS:
             raise SpecError(f"cost protocol needs at least {MIN_ROUNDS} rounds for a CI over rounds, got {self.rounds}")
         if self.threads < 1:

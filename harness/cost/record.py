@@ -111,3 +111,15 @@ def publishable(record: dict[str, Any]) -> dict[str, Any]:
         environment["executable"] = environment["executable"].replace("\\", "/").rsplit("/", 1)[-1]
     out["environment"] = environment
     return out
+
+
+def check_counts(protocol: Any, what: str) -> None:
+    """Every field of a protocol dataclass is a non-negative integer; raise SpecError naming the first that is not."""
+    from dataclasses import fields
+
+    from harness.spec import SpecError
+
+    for item in fields(protocol):
+        value = getattr(protocol, item.name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"{what} {item.name} must be a non-negative integer, got {value!r}")
