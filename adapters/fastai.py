@@ -388,6 +388,9 @@ class FastaiAdapter(Adapter):
             )
         else:
             learn.add_cb(CpuMixedPrecision(amp_mode=amp_mode))
+            job.notes["precision_route"] = (
+                "CpuMixedPrecision (fastai's MixedPrecision on the CPU device): learn.to_fp16() on CPU trains in fp32"
+            )
             job.notes["precision_impl"] = (
                 "fastai MixedPrecision with the device set to the CPU (CpuMixedPrecision): learn.to_fp16() on CPU "
                 "asks for autocast('cuda') and GradScaler('cuda'), which torch disables without CUDA (silent fp32)"

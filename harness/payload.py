@@ -221,6 +221,7 @@ def tags_of(result: Result, *, suite: str, parity: Parity | None = None) -> dict
         "declared_parity": result.declared_parity,
         "precision_impl": result.notes.get("precision_impl"),
         "skipped_steps": result.notes.get("skipped_steps"),
+        "precision_route": result.notes.get("precision_route"),
         "coverage": coverage.describe(result.extra["coverage"]) if "coverage" in result.extra else None,
         "launch": result.extra.get("timing", {}).get("launch"),
     }

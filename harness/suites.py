@@ -114,7 +114,7 @@ VERSION_MATRIX = ("lightning@2.1.4",)
 
 
 def standard(device: str) -> Suite:
-    """The reference CPU suite: 2x steps, both modes, bf16, DDP, accumulation, widths, an older Lightning, 3 repeats."""
+    """The reference CPU suite: 2x steps, both modes, bf16, fp16, DDP, accumulation, widths, Lightning 2.1.4, 3 runs."""
     adapters = _ordered_adapters()
     pairs = adapter_modes(adapters)
     aligned = [(a, m) for a, m in pairs if m == "aligned"]
@@ -135,6 +135,9 @@ def standard(device: str) -> Suite:
         cells.append(
             [_spec("families", a, device, mode=m, precision="bf16-mixed", options=options) for a, m in aligned]
         )
+    # fp16 with each library's own GradScaler route (on the MLP: CPU fp16 convolutions are ~50x slower).
+    cells.append([_spec("scaling", a, device, mode=m, precision="fp16-mixed", options={"width": 64})
+                  for a, m in aligned])
     for width in (16, 64, 256, 1024, 2048):
         cells.append([_spec("scaling", a, device, mode=m, steps=200, options={"width": width}) for a, m in aligned])
     return Suite(name="standard", description=standard.__doc__, specs=_interleave(cells, 3), repeats=3, eval_every=10)

@@ -16,7 +16,10 @@ Rules (``rule.kind``):
   ``at_least`` a verdict (bitwise > close). Contradicted by any comparable verdict worse than that.
 - ``repeats``: repeated runs of the adapter are bitwise identical.
 - ``trains_in``: the adapter's selected runs really computed in ``dtype``: contradicted when they
-  were refused (``unsupported``) or the recorded implementation says otherwise.
+  were refused (``unsupported``) or the recorded implementation says otherwise. With ``flag =
+  true`` the claim is about the library's own switch (``precision=16``, ``fp16=True``,
+  ``to_fp16()``): also contradicted when the adapter had to reach ``dtype`` another way because
+  the switch would not have meant it (the run's ``precision_route`` note says how and why).
 - ``infers``: what the inference table says the API does with ``field`` (inferred or stated).
 - ``not_decidable``: a claim bakeoff cannot measure here, with the reason (history, needs a GPU).
 
@@ -173,6 +176,11 @@ def _trains_in(claim, tables, frame) -> Decision:
     if refused:
         return Decision(CONTRADICTED, _link(f"{len(refused)} run(s) refused", "runs"), str(refused[0]["error"]))
     dtype = rule["dtype"]
+    if rule.get("flag"):
+        routed = [r for r in rows if r["status"] == "ok" and isinstance(r.get("precision_route"), str)]
+        if routed:
+            return Decision(CONTRADICTED, _link(f"{len(routed)} run(s) needed another route", "runs"),
+                            routed[0]["precision_route"])
     ran = [r for r in rows if r["status"] == "ok" and isinstance(r.get("precision_impl"), str)]
     if not ran:
         return Decision(UNDECIDED, "", "the runs did not record what their precision implementation was")

@@ -62,6 +62,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("parity_json", "tag:parity_json"),
     ("declared_parity", "tag:declared_parity"),
     ("precision_impl", "tag:precision_impl"),
+    ("precision_route", "tag:precision_route"),
     ("coverage", "tag:coverage"),
     ("style", "tag:style"),
 ]
