@@ -135,7 +135,7 @@ VIEW_KEY = "bakeoff"
 VIEW_COLUMNS = (
     "tags.`bakeoff.adapter`", "tags.`bakeoff.mode`", "tags.`bakeoff.precision`", "tags.`bakeoff.parity`",
     "metrics.`median_step_us`", "tags.`bakeoff.task`", "tags.`bakeoff.world_size`", "tags.`bakeoff.status`",
-    "metrics.`startup_s`", "metrics.`final_loss`",
+    "metrics.`library_startup_s`", "metrics.`final_loss`",
 )
 """Most telling first: what ran, its verdict and its step time fit on a 1400-pixel screen."""
 
