@@ -27,6 +27,7 @@ what a CPU cannot do (Flash's isolated environment is not built; TF32 cells are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -385,19 +386,71 @@ def event_clock_check(device: str, *, steps: int = 30) -> dict[str, Any]:
     }
 
 
-def sync_audit_hook() -> dict[str, Any]:
-    """HOOK(sync-audit): confirm the host-sync counter with ``torch.cuda.set_sync_debug_mode``.
+SYNC_AUDIT_ADAPTERS = ("native", "lightning", "fastai", "keras", "hf")
 
-    The counter (issue 16) is not on this branch. When it lands, this runs native and each adapter
-    for a few steps on CUDA under ``torch.cuda.set_sync_debug_mode("warn")``, counts the warnings
-    per step and compares them with the counter's figure for the same runs (native: 0).
+
+def sync_audit(device: str, adapters: tuple[str, ...] = SYNC_AUDIT_ADAPTERS, *, steps: int = 30,
+               warmup: int = 10) -> dict[str, Any]:
+    """Host syncs per steady-state step by the counter (``harness.cost.syncs``), confirmed on CUDA by torch.
+
+    Per adapter: one aligned fit of the scaling MLP under the counter (as ``bakeoff cost`` counts),
+    and on CUDA one more fit with ``torch.cuda.set_sync_debug_mode("warn")`` over the same window,
+    whose warnings are torch's own count of synchronizing calls. ``agree`` says whether the two
+    per-step figures are equal; on a CPU only the counter's figure exists (the dry run).
     """
-    import importlib.util
+    import warnings
 
-    for name in ("harness.syncs", "harness.sync_count", "harness.host_syncs"):
-        if importlib.util.find_spec(name) is not None:
-            return {"status": f"not wired: {name} exists but this hook predates it; see sync_audit_hook's docstring"}
-    return {"status": "not run: the host-sync counter (issue 16) is not on this branch"}
+    import torch
+
+    from harness.cost.paired import Arms, count_syncs
+    from harness.registry import RegistryError, get_adapter
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bakeoff-sync-audit-") as scratch:
+        for name in adapters:
+            spec = Spec(task="scaling", adapter=name, batch_size=32, steps=steps, lr=0.05, device=device,
+                        options={"width": 64})
+            row: dict[str, Any] = {"adapter": name}
+            try:
+                get_adapter(name)
+                arms = Arms(spec, steps=steps, warmup=warmup, workroot=Path(scratch))
+                refused = arms.unsupported()
+                if refused:
+                    rows.append({**row, "status": "unsupported", "reason": refused})
+                    continue
+                counted = count_syncs(arms, 1)["adapter"]
+                row.update(status="ok", counter_per_step=counted["per_step"],
+                           sites=[f"{s['kind']} at {s['site']}" for s in counted["sites"][:5]])
+                if device == "cuda":
+                    window: dict[str, Any] = {"stack": contextlib.ExitStack(), "log": []}
+
+                    def start(window=window) -> None:
+                        torch.cuda.synchronize()
+                        window["log"] = window["stack"].enter_context(warnings.catch_warnings(record=True))
+                        warnings.simplefilter("always")
+                        torch.cuda.set_sync_debug_mode("warn")
+
+                    def stop(window=window) -> None:
+                        torch.cuda.set_sync_debug_mode("default")
+                        window["stack"].close()
+
+                    arms.fit("adapter", on_window_start=start, on_window_end=stop)
+                    syncing = [w for w in window["log"] if "synchroniz" in str(w.message).lower()]
+                    row["torch_per_step"] = len(syncing) / (steps - warmup)
+                    row["agree"] = row["torch_per_step"] == row["counter_per_step"]
+            except (RegistryError, ImportError) as error:
+                row.update(status="not installed", reason=f"{type(error).__name__}: {error}")
+            except Exception as error:  # one adapter's failure must not cost the others' figures
+                row.update(status="failed", reason=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            rows.append(row)
+    confirmed = [r for r in rows if "agree" in r]
+    return {
+        "device": device,
+        "adapters": rows,
+        "confirmed_by_torch": bool(confirmed) and all(r["agree"] for r in confirmed),
+        "note": ("counter vs torch.cuda.set_sync_debug_mode('warn') warnings over the same steady-state window"
+                 if device == "cuda" else "CPU dry run: only the counter's figures (sync debug mode is CUDA-only)"),
+    }
 
 
 def distributed_facts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -750,7 +803,12 @@ def check(args: argparse.Namespace) -> int:
         state.log(f"  {summary['event_clock']}")
     except Exception as error:  # a check that cannot run says why; the bundle still comes back
         summary["event_clock"] = {"error": f"{type(error).__name__}: {error}"}
-    summary["sync_audit"] = sync_audit_hook()
+    try:
+        summary["sync_audit"] = sync_audit(device)
+        counts = [(r["adapter"], r.get("counter_per_step")) for r in summary["sync_audit"]["adapters"]]
+        state.log(f"  host syncs per step: {counts}")
+    except Exception as error:  # the bundle still comes back
+        summary["sync_audit"] = {"error": f"{type(error).__name__}: {error}"}
     summary["groups"] = state.groups
     summary["distributed"] = distributed_facts(all_results)
     summary["verdicts"] = verdicts(all_results, state.results_dir)

@@ -167,7 +167,10 @@ def test_the_cpu_dry_run_runs_every_group_and_publishes(tmp_path):
     assert summary["verdicts"] and summary["declarations_false"] == [], summary["declarations_false"]
     assert {"fp32", "bf16", "fp16"} <= set(summary["peaks"])
     assert summary["event_clock"]["agree"] is True
-    assert summary["sync_audit"]["status"].startswith("not run")
+    audit = {row["adapter"]: row for row in summary["sync_audit"]["adapters"]}
+    assert audit["native"]["counter_per_step"] == 0.0  # the native loop reads nothing back per step
+    assert all(row["status"] == "ok" and "torch_per_step" not in row for row in audit.values()), audit
+    assert summary["sync_audit"]["confirmed_by_torch"] is False  # no CUDA here: nothing to confirm with
     (ddp1,) = summary["distributed"]
     assert ddp1["backend"] == "gloo" and ddp1["world_size"] == 1
     assert all(row["mfu"] is not None for row in summary["runs"] if row["status"] == "ok")
@@ -193,3 +196,14 @@ def test_the_cpu_dry_run_runs_every_group_and_publishes(tmp_path):
     assert f"{len(expected)} new runs" in published.stdout
     assert "report " in published.stdout and "report.html" in published.stdout
     assert len(list((tmp_path / "results" / "gpu").glob("*.json"))) == len(expected)
+
+
+def test_the_sync_audit_counts_a_planted_read_and_none_for_native(plugin_env):
+    """On the CPU the audit is the counter alone: native 0 per step, the planted two .item() calls 2."""
+    from harness.gpucheck import sync_audit
+
+    audit = sync_audit("cpu", ("native", "cost-item2"), steps=14, warmup=4)
+    rows = {row["adapter"]: row for row in audit["adapters"]}
+    assert rows["native"]["counter_per_step"] == 0.0 and rows["cost-item2"]["counter_per_step"] == 2.0, rows
+    assert any("bakeoff_cost_adapters.py" in site for site in rows["cost-item2"]["sites"])
+    assert audit["confirmed_by_torch"] is False and "CPU dry run" in audit["note"]
