@@ -673,6 +673,31 @@ def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
     return {"paired": paired, "syncs": syncs}
 
 
+def coverage_table(frame: pd.DataFrame) -> Table:
+    """Per adapter, mode and process layout: which samples each epoch trained on (counted per run)."""
+    counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    totals: dict[tuple[str, str, str], int] = defaultdict(int)
+    for row in frame.to_dict(orient="records"):
+        phrase = row.get("coverage")
+        if row["status"] != "ok" or not isinstance(phrase, str):
+            continue
+        ranks = _plain(row["world_size"]) or 1
+        layout = f"{row['mode']}, {ranks} ranks" if ranks > 1 else f"{row['mode']}, one process"
+        counts[(row["adapter"], layout, row["task"], phrase)] += 1
+        totals[(row["adapter"], layout, row["task"])] += 1
+    rows = [{"adapter": adapter, "layout": layout, "task": task, "coverage": phrase,
+             "runs": f"{n} of {totals[(adapter, layout, task)]}"}
+            for (adapter, layout, task, phrase), n in sorted(counts.items(), key=lambda i: (i[0][0] != "native", i[0]))]
+    columns = [Column("adapter", "adapter", numeric=False), Column("layout", "mode and ranks", numeric=False),
+               Column("task", "task", numeric=False), Column("coverage", "per epoch", numeric=False),
+               Column("runs", "runs", numeric=False)]
+    note = ("Which samples each epoch trained on, recorded outside the timed loop: exactly once, duplicates (and "
+            "whether they cross ranks), samples dropped, short batches, and whether the order follows the spec seed. "
+            "Aligned runs share the harness sampler, which drops the last partial batch; defaults runs use the "
+            "library's own loader. Coverage is a fact about a run; it does not enter any parity verdict.")
+    return Table("coverage", "Sample coverage", columns, rows, note)
+
+
 def analyse(frame: pd.DataFrame, records: Sequence[RunRecord], tasks: dict[str, Any], *, samples: int):
     """Every derived table (name → Table) and the scaling fits for the plot."""
     found = cells(frame, records)
@@ -685,6 +710,7 @@ def analyse(frame: pd.DataFrame, records: Sequence[RunRecord], tasks: dict[str, 
         repeats_table(frame, records),
         precision_table(frame, tasks),
         distributed_table(frame),
+        coverage_table(frame),
         inference_table(frame),
     ]
     return {t.name: t for t in tables}, fits, found

@@ -40,6 +40,7 @@ TITLES = {
     "defaults": "Defaults vs aligned",
     "parity": "Parity",
     "distributed": "DDP and accumulation",
+    "coverage": "Sample coverage",
     "repeats": "Repeated runs",
     "precision": "Mixed precision against fp32",
     "inference": "What it infers",
@@ -264,6 +265,21 @@ def _infers(summary: AdapterSummary, tables: dict[str, Table]) -> None:
     summary.sentences.append(f"Its user states {row['stated_by_hand']} ({evidence}).")
 
 
+NOTABLE_COVERAGE = ("duplicate", "ignores the spec seed", "out of range")
+
+
+def _coverage(summary: AdapterSummary, tables: dict[str, Table]) -> None:
+    """A sentence only where coverage is notable (duplicates, an order that ignores the seed); the
+    per-adapter lines are the coverage table."""
+    table = tables.get("coverage")
+    rows = [r for r in (table.rows if table else []) if r["adapter"] == summary.adapter
+            and any(word in r["coverage"] for word in NOTABLE_COVERAGE)]
+    if rows:
+        parts = [f"{r['layout']}: {r['coverage']}" for r in rows[:2]]
+        summary.sentences.append(f"Sample coverage ({link('coverage', ANCHOR['coverage'])}): "
+                                 + " · ".join(parts) + ".")
+
+
 def summaries(frame, tables: dict[str, Table]) -> list[AdapterSummary]:
     parity_rows = tables["parity"].rows
     native_startup = {(r["task_key"], column): r[column] for r in tables["overhead"].rows
@@ -279,6 +295,7 @@ def summaries(frame, tables: dict[str, Table]) -> list[AdapterSummary]:
         _startup(summary, tables, native_startup)
         _syncs(summary, tables)
         _infers(summary, tables)
+        _coverage(summary, tables)
         summary.cells["findings"] = (link(f"{len(summary.findings)} contradicted", ANCHOR["parity"])
                                      if summary.findings else "none")
         if summary.findings:

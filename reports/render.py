@@ -42,10 +42,12 @@ DISPLAY = [
     ("peak_memory_mib", "peak MiB"),
     ("final_loss", "final loss"),
     ("eval_metric", "eval metric"),
+    ("mfu", "MFU"),
+    ("coverage", "sample coverage"),
     ("weights_digest", "weights digest"),
     ("spec_id", "spec id"),
 ]
-NUMERIC_DISPLAY = {"median_step_us", "peak_memory_mib", "final_loss", "eval_metric", "world_size", "grad_accum",
+NUMERIC_DISPLAY = {"median_step_us", "peak_memory_mib", "final_loss", "eval_metric", "mfu", "world_size", "grad_accum",
                    "seed", "repeat"}
 COLLAPSE_ROWS = 12
 """Tables longer than this fold away in the HTML and on code-hosting sites."""
@@ -168,6 +170,8 @@ def outline(report) -> tuple[list[str], list[Section]]:
                 empty="No run has a parity verdict (no native run in the same cell)."),
         Section(*_titled('distributed'), table=tables["distributed"],
                 paragraphs=[tables["distributed"].note], empty="No DDP or gradient-accumulation runs here."),
+        Section(*_titled('coverage'), table=tables["coverage"], paragraphs=[tables["coverage"].note],
+                empty="No run recorded its sample coverage."),
         Section(*_titled('repeats'), table=tables["repeats"], paragraphs=[tables["repeats"].note],
                 empty="No spec was repeated with the same seed."),
         Section(*_titled('precision'), table=tables["precision"],

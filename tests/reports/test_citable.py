@@ -300,7 +300,7 @@ def test_provenance_and_citation(store, written):
         assert text in markdown
     document = json.loads((written / "report.json").read_text())
     assert set(document["tables"]) == {"overhead", "scaling", "defaults", "parity", "repeats", "precision", "inference",
-                                       "distributed", "scoreboard", "claims"}
+                                       "distributed", "coverage", "scoreboard", "claims"}
     raw = json.loads((written / "raw.json").read_text())
     assert {r["run_id"] for r in raw["runs"]} == set(report.frame["run_id"])
     steps = (written / "steps.csv").read_text().splitlines()
