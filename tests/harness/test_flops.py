@@ -106,10 +106,11 @@ def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     again = flops.peak("cpu", "fp32")
     assert calls == [("cpu", "fp32")] and first["cached"] is False and again["cached"] is True
     assert again["flops_per_s"] == first["flops_per_s"] > 0
-    device, _, _, dtype, threads = first["key"].split(" | ")
-    assert (device, dtype) == ("cpu", "fp32") and threads.endswith(" threads")
+    device, _, _, dtype, threads, method = first["key"].split(" | ")
+    assert (device, dtype, method) == ("cpu", "fp32", "best of sizes") and threads.endswith(" threads")
     stored = json.loads((tmp_path / "peak.json").read_text())
     assert set(stored) == {first["key"]} and stored[first["key"]]["repetitions"] >= 3
+    assert stored[first["key"]]["sizes_tried"] == [64, 128]  # on a CPU the smaller products are timed too
     flops.peak("cpu", "fp32", refresh=True)
     flops.peak("cpu", "bf16")
     assert calls == [("cpu", "fp32"), ("cpu", "fp32"), ("cpu", "bf16")]
@@ -133,3 +134,17 @@ def test_every_run_stores_flops_peak_and_mfu(inline, tmp_path, monkeypatch):
     )
     assert summary["mfu"] == pytest.approx(summary["achieved_flops_per_s"] / summary["peak_flops_per_s"])
     assert 0 < summary["mfu"] < 1
+
+
+def test_a_cpu_peak_is_the_best_rate_of_any_size_and_mfu_is_never_above_one(monkeypatch):
+    """An emulated dtype can run fastest from cache: the peak takes the best size, and a run faster than
+    the measured peak gets no MFU rather than an impossible one."""
+    rates = {64: 5e9, 128: 9e9, 256: 7e9}
+    monkeypatch.setattr(flops, "_time_matmul", lambda torch, device, dtype, size, budget: {
+        "flops_per_s": rates[size], "median_flops_per_s": rates[size], "size": size, "repetitions": 3})
+    record = flops.measure_peak("cpu", "fp16", size=256, budget_s=0.0)
+    assert record["flops_per_s"] == 9e9 and record["matmul"] == "128x128x128 float16"
+    assert record["sizes_tried"] == [64, 128, 256]
+    assert flops.utilisation(9_000, 1.0, 1e10, 1)["mfu"] == pytest.approx(0.9)  # 9e9 achieved of a 1e10 peak
+    above = flops.utilisation(9_000, 1.0, 8e9, 1)
+    assert above["achieved_flops_per_s"] == 9e9 and "mfu" not in above
