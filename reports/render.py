@@ -298,6 +298,7 @@ def inline_html(text: str) -> str:
     return "".join(out)
 
 
+NUMERIC_CELL = "text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap"
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.2rem 1.6rem;max-width:1600px;color:#1d1d1d;
 font-size:14px;line-height:1.35}
@@ -307,7 +308,7 @@ h3{font-size:1rem;margin:1rem 0 .3rem}p{margin:.3rem 0}p.lead{color:#444;margin:
 div.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12px;margin:.35rem 0}
 th,td{border:1px solid #d4d4d4;padding:.18rem .4rem;text-align:left;vertical-align:top}
-th{background:#f3f3f3;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:#f3f3f3;font-weight:600}
 td{max-width:28rem}tr.failed td{background:#fdecea}tr.unsupported td{color:#777}
 code{background:#f4f4f4;padding:0 .15rem;border-radius:2px}pre{background:#f6f6f6;padding:.5rem;overflow-x:auto}
 img{max-width:100%;border:1px solid #eee;margin:.3rem 0}figure{margin:.4rem 0}figcaption{font-size:12px;color:#555}
@@ -327,17 +328,23 @@ RENDER_CHECK = (
 
 
 def _html_table(table, *, collapse: bool) -> list[str]:
-    parts = [f'<div class="scroll"><table class="report-table" id="table-{html.escape(table.name)}"><thead><tr>']
+    # Numeric columns are aligned by one rule per table (nth-child), not a class on every cell: the
+    # standard suite's tables have thousands of cells.
+    name = html.escape(table.name)
+    numeric = [f"#table-{name} td:nth-child({i})" for i, c in enumerate(table.columns, start=1) if c.numeric]
+    parts = [f"<style>{','.join(numeric)}{{{NUMERIC_CELL}}}</style>" if numeric else "",
+             f'<div class="scroll"><table class="report-table" id="table-{name}"><thead><tr>']
     parts += [f"<th>{html.escape(c.heading)}</th>" for c in table.columns]
     parts.append("</tr></thead><tbody>")
     statuses = getattr(table, "statuses", None)
     for index, row in enumerate(table.rows):
-        css = f' class="{html.escape(statuses[index])}"' if statuses else ""
+        status = statuses[index] if statuses else "ok"
+        css = f' class="{html.escape(status)}"' if status != "ok" else ""
         cells = []
         for column in table.columns:
             value = _cell(table, row, column)
             text = inline_html(value) if getattr(column, "markup", False) else html.escape(value)
-            cells.append(f'<td class="num">{text}</td>' if column.numeric else f"<td>{text}</td>")
+            cells.append(f"<td>{text}</td>")
         parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table></div>")
     if collapse and len(table.rows) > COLLAPSE_ROWS:
