@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -346,10 +345,9 @@ def attribution_plot(records: Iterable[dict[str, Any]], *, title: str | None = N
     axes.set_title(title or "Where each adapter's per-step overhead goes (profile shares × paired total)", fontsize=10)
     axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(alpha=0.3, axis="y")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
+    from reports.plots import png_bytes  # here: reports.plots loads matplotlib, which the rows do not need
+
+    return png_bytes(figure)
 
 
 # --------------------------------------------------------------------------- markdown

@@ -45,7 +45,9 @@ def with_ci(value: Any, low: Any, high: Any, unit: str = "") -> str:
     if not _finite(value):
         return MISSING
     if _finite(low) and _finite(high):
-        return f"{sig(value)}{suffix} ({sig(low)}–{sig(high)})"
+        # An en dash beside a minus sign reads as a subtraction: a range that starts below zero says "to".
+        between = " to " if float(low) < 0 else "–"
+        return f"{sig(value)}{suffix} ({sig(low)}{between}{sig(high)})"
     return f"{sig(value)}{suffix}"
 
 

@@ -19,7 +19,7 @@ PALETTE_COLOURS = 32
 suite's self-contained HTML small enough to open anywhere."""
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -47,7 +47,7 @@ def loss_curves(frame: pd.DataFrame, losses: dict[str, list[tuple[int, float]]],
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, ncol=2)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def step_time_distributions(
@@ -72,7 +72,7 @@ def step_time_distributions(
     axes.set_ylabel("step time (µs, log scale)")
     axes.set_title(f"{task}: step time after warm-up")
     axes.grid(alpha=0.3, axis="y")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def target_curves(
@@ -106,7 +106,7 @@ def target_curves(
     axes.set_ylabel(f"validation {metric}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=6, ncol=2)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def overhead_bars(rows: list[dict], task: str) -> bytes | None:
@@ -127,7 +127,7 @@ def overhead_bars(rows: list[dict], task: str) -> bytes | None:
     axes.set_xlabel("median step time ÷ native aligned (1 = native; bars: 95% CI over repeats and steps)")
     axes.set_title(f"{task}: per-step overhead against the native loop")
     axes.grid(alpha=0.3, axis="x")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def scaling_fit(fits: dict) -> bytes | None:
@@ -152,4 +152,4 @@ def scaling_fit(fits: dict) -> bytes | None:
     axes.set_xlim(left=0)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
-    return _png(figure)
+    return png_bytes(figure)

@@ -79,6 +79,7 @@ def test_numbers_have_three_significant_figures_and_cis_read_as_ranges():
     assert numbers.sig(115883.0) == "116000" and numbers.sig(0.000123456) == "0.000123"
     assert numbers.sig(561.4) == "561" and numbers.sig(999.7) == "1000" and numbers.sig(2.0) == "2.00"
     assert numbers.with_ci(561.4, 362.2, 769.0, "µs") == "561 µs (362–769)"
+    assert numbers.with_ci(-0.923, -46.8, 33.1) == "−0.923 (−46.8 to 33.1)"  # no dash beside a minus sign
     assert numbers.signed_ci(425.0, -2892.0, 3488.0, "µs") == "+425 µs (−2890 to +3490)"
     assert numbers.p_value(5.8e-37) == "p < 0.001" and numbers.p_value(0.034) == "p = 0.034"
 
