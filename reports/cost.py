@@ -347,7 +347,7 @@ def attribution_plot(records: Iterable[dict[str, Any]], *, title: str | None = N
     axes.grid(alpha=0.3, axis="y")
     from reports.plots import png_bytes  # here: reports.plots loads matplotlib, which the rows do not need
 
-    return png_bytes(figure)
+    return png_bytes(figure, palette="adaptive")
 
 
 # --------------------------------------------------------------------------- markdown

@@ -17,19 +17,65 @@ DPI = 72
 PALETTE_COLOURS = 32
 """Plots are line art: a 32-colour palette PNG is a quarter of the size and looks the same, which keeps a
 suite's self-contained HTML small enough to open anywhere."""
+ADAPTER_COLOURS = {"native": "#000000", "lightning": "#1f77b4", "fastai": "#ff7f0e", "keras": "#2ca02c",
+                   "hf": "#d62728", "flash": "#9467bd"}
+"""One colour per adapter in every plot; other adapters (versions, plugins) take the rest in turn."""
+_MORE = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+MODE_STYLES = {"aligned": "-", "defaults": "--"}
 
 
-def png_bytes(figure) -> bytes:
+def adapter_colour(adapter: str, seen: dict[str, str]) -> str:
+    if adapter in ADAPTER_COLOURS:
+        return ADAPTER_COLOURS[adapter]
+    if adapter not in seen:
+        seen[adapter] = _MORE[len(seen) % len(_MORE)]
+    return seen[adapter]
+
+
+def _fixed_palette():
+    """The colours the line plots draw with, their half tints (anti-aliased edges) and a few greys."""
+    from PIL import Image
+
+    def rgb(hex_colour: str) -> tuple[int, int, int]:
+        return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+
+    base = [rgb(c) for c in (*ADAPTER_COLOURS.values(), *_MORE)]
+    tints = [tuple((v + 255) // 2 for v in colour) for colour in base[1:]]
+    greys = [(255, 255, 255), (235, 235, 235), (200, 200, 200), (150, 150, 150), (90, 90, 90)]
+    colours = (greys + base + tints)[:256]
+    image = Image.new("P", (1, 1))
+    image.putpalette([v for colour in colours for v in colour] + [0] * (768 - 3 * len(colours)))
+    return image
+
+
+def png_bytes(figure, *, palette: str = "fixed") -> bytes:
+    """The figure as a palette PNG: ``fixed`` maps onto the plotting colours (thin lines keep their colour),
+    ``adaptive`` picks the image's own 32 (filled areas in many colours, the attribution bars)."""
     from PIL import Image
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
     buffer.seek(0)
-    image = Image.open(buffer).convert("RGB").quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
+    image = Image.open(buffer).convert("RGB")
+    if palette == "fixed":
+        image = image.quantize(palette=_fixed_palette(), dither=Image.Dither.NONE)
+    else:
+        image = image.quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)
     return out.getvalue()
+
+
+def _legend_by_adapter_and_mode(axes, rows, seen: dict[str, str]) -> None:
+    """A compact legend: a colour per adapter and a line style per mode (not one entry per run)."""
+    from matplotlib.lines import Line2D
+
+    adapters = list(dict.fromkeys(str(r["adapter"]) for r in rows))
+    modes = list(dict.fromkeys(str(r["mode"]) for r in rows))
+    handles = [Line2D([], [], color=adapter_colour(a, seen), linewidth=2, label=a) for a in adapters]
+    handles += [Line2D([], [], color="#5a5a5a", linestyle=MODE_STYLES.get(m, ":"), label=m) for m in modes]
+    axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def loss_curves(frame: pd.DataFrame, losses: dict[str, list[tuple[int, float]]], task: str) -> bytes | None:
@@ -38,15 +84,16 @@ def loss_curves(frame: pd.DataFrame, losses: dict[str, list[tuple[int, float]]],
     if not rows:
         return None
     figure, axes = plt.subplots(figsize=(7.5, 4.2))
-    for row in rows:
+    seen: dict[str, str] = {}
+    for row in rows:  # native drawn on top: where an adapter's curve is bitwise equal, native's covers it
         steps, values = zip(*losses[row["run_id"]])
-        style = "-" if row["adapter"] == "native" else "--"
-        axes.plot(steps, values, style, linewidth=1.2, label=run_label(row))
-    axes.set_title(f"{task}: training loss per optimizer step")
+        axes.plot(steps, values, MODE_STYLES.get(row["mode"], ":"), color=adapter_colour(str(row["adapter"]), seen),
+                  linewidth=1.0, zorder=3 if row["adapter"] == "native" else 2)
+    axes.set_title(f"{task}: training loss per optimizer step ({len(rows)} runs)")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
+    _legend_by_adapter_and_mode(axes, rows, seen)
     return png_bytes(figure)
 
 
@@ -88,6 +135,7 @@ def target_curves(
     if not rows:
         return None
     figure, axes = plt.subplots(figsize=(7.5, 4.2))
+    seen: dict[str, str] = {}
     for row in rows:
         durations = dict(step_times.get(row["run_id"], []))
         clock, elapsed = {}, 0.0
@@ -98,14 +146,14 @@ def target_curves(
         if not points:
             continue
         xs, ys = zip(*points)
-        style = "-" if row["adapter"] == "native" else "--"
-        axes.plot(xs, ys, style, linewidth=1.0, label=run_label(row))
-    axes.axhline(target, color="black", linewidth=0.8, linestyle=":", label=f"target {target:g}")
-    axes.set_title(f"{task}: validation {metric} against training time")
+        axes.plot(xs, ys, MODE_STYLES.get(row["mode"], ":"), color=adapter_colour(str(row["adapter"]), seen),
+                  linewidth=1.0)
+    axes.axhline(target, color="#5a5a5a", linewidth=0.8, linestyle=":")
+    axes.set_title(f"{task}: validation {metric} against training time (dotted: target {target:g})")
     axes.set_xlabel("training time (s, fit clock; validation excluded)")
     axes.set_ylabel(f"validation {metric}")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=6, ncol=2)
+    _legend_by_adapter_and_mode(axes, rows, seen)
     return png_bytes(figure)
 
 
