@@ -126,6 +126,9 @@ def standard(device: str) -> Suite:
         cells.append([_spec(task, a, device, mode=m, steps=steps, precision="bf16-mixed") for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, world_size=2, batch_size=32) for a, m in aligned])
     cells.append([_spec("digits", a, device, mode=m, grad_accum=2, batch_size=32) for a, m in aligned])
+    # Their one-process partner at the same global batch (64) and steps: what "DDP / accumulation
+    # equals a bigger batch" is measured against.
+    cells.append([_spec("digits", "native", device)])
     # The libraries' own samplers under DDP (padding, even_batches): what the coverage column shows.
     defaults = [(a, m) for a, m in pairs if m == "defaults"]
     cells.append([_spec("tabular", a, device, mode=m, world_size=2, batch_size=32) for a, m in defaults])
