@@ -628,10 +628,11 @@ def inference_table(frame: pd.DataFrame) -> Table:
 
 PAIRED_COLUMNS = [
     Column("cell", "cell", numeric=False),
-    Column("overhead_us", "overhead µs/step", "overhead_low", "overhead_high"),
+    Column("overhead_us", "overhead µs/step (wall)", "overhead_low", "overhead_high"),
     Column("clock", "verdict clock", numeric=False),
+    Column("instructions_delta", "Δ instructions/step", "instructions_delta_low", "instructions_delta_high"),
+    Column("instructions_estimate_us", "≈ µs at native's rate"),
     Column("native_us", "native µs/step"),
-    Column("wall_us", "wall Δ µs/step", "wall_low", "wall_high"),
     Column("thread_us", "thread Δ µs/step", "thread_low", "thread_high"),
     Column("ratio", "÷ native", "ratio_low", "ratio_high"),
     Column("instructions_ratio", "instructions ÷ native"),
@@ -659,8 +660,11 @@ def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
               "random order balanced over the rounds; a round's figure per arm is its mean µs per steady-state step, "
               "the cell's is the median of the per-round differences (adapter − native) with a bootstrap 95% CI over "
               "rounds. The verdict clock is wall time where its CI half-width meets max(5 µs, 2% of the native step), "
-              "else the instruction count (callgrind, main thread, converted at native's µs per instruction) where "
-              "the cell has one; the main-thread CPU clock is shown beside it. Host syncs are the reads that would "
+              "else the instruction count (callgrind, main thread, two runs, CI over rounds) where the cell has "
+              "one: the sign and size of the difference in instructions then decide, and its conversion to µs at "
+              "native's µs per instruction is an estimate without a CI (an adapter's instructions need not cost "
+              "what native's do). The µs figure is always the wall clock's; the main-thread CPU clock is beside it. "
+              "Host syncs are the reads that would "
               "stall a GPU, counted per step on the CPU; \"profile places\" is the share of the profiled difference "
               "the profile names a call site for."),
     )
