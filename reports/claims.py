@@ -44,6 +44,7 @@ SEVERITY = {"bitwise": 0, "close": 1, "diverged": 2}
 CLAIM_KEYS = {"id", "library", "adapter", "claim", "source", "selector", "rule", "requires"}
 SOURCE_KEYS = {"url", "quote", "date"}
 RULE_KINDS = {"overhead", "parity", "repeats", "trains_in", "infers", "not_decidable"}
+SHORT_DTYPE = {"bfloat16": "bf16", "float16": "fp16"}
 
 
 class LedgerError(ValueError):
@@ -184,7 +185,9 @@ def _trains_in(claim, tables, frame) -> Decision:
     ran = [r for r in rows if r["status"] == "ok" and isinstance(r.get("precision_impl"), str)]
     if not ran:
         return Decision(UNDECIDED, "", "the runs did not record what their precision implementation was")
-    wrong = [r for r in ran if dtype not in r["precision_impl"] or "fp32" in r["precision_impl"].split(":")[0]]
+    names = (dtype, SHORT_DTYPE.get(dtype, dtype))  # implementations say bfloat16 or bf16, float16 or fp16
+    wrong = [r for r in ran if not any(name in r["precision_impl"] for name in names)
+             or "fp32" in r["precision_impl"].split(":")[0]]
     if wrong:
         return Decision(CONTRADICTED, _link(f"{len(wrong)} of {len(ran)} runs", "runs"), wrong[0]["precision_impl"])
     return Decision(SUPPORTED, _link(f"{len(ran)} runs", "runs"), ran[0]["precision_impl"])

@@ -45,6 +45,15 @@ requires = "cuda"
 rule = { kind = "overhead", at_most_us = 5 }
 
 [[claim]]
+id = "short-name"
+library = "PyTorch Lightning"
+adapter = "lightning"
+claim = "bf16-mixed trains in bfloat16."
+source = { url = "https://example.org/bf16", quote = "bfloat16", date = "2024" }
+selector = { precision = "bf16-mixed" }
+rule = { kind = "trains_in", dtype = "bfloat16" }
+
+[[claim]]
 id = "keras-only"
 library = "Keras"
 adapter = "keras"
@@ -70,6 +79,10 @@ def decided(tmp_path):
                      "precision_route": ROUTE}
     save(tmp_path, fp16)
     results.append(fp16)
+    bf16 = make_result(spec(adapter="lightning", precision="bf16-mixed"))
+    bf16["notes"] = {"precision_impl": "Trainer(precision='bf16-mixed'): torch.autocast(cpu, bf16)"}
+    save(tmp_path, bf16)
+    results.append(bf16)
     report = assemble(records_from_results(results, tmp_path), {"experiment": "bakeoff-claims", "suite": "claims"},
                       claims=claims, samples=100, with_figures=False)
     return {row["id"]: row for row in report.tables["claims"].rows}
@@ -81,6 +94,7 @@ def test_one_claim_each_supported_contradicted_and_not_decidable(decided):
     assert decided["flag"]["status"] == ledger.CONTRADICTED, decided["flag"]
     assert decided["flag"]["reason"] == ROUTE  # the reason is what the run recorded, not a canned sentence
     assert decided["gpu"]["status"] == ledger.UNDECIDED and "needs a CUDA device" in decided["gpu"]["reason"]
+    assert decided["short-name"]["status"] == ledger.SUPPORTED, decided["short-name"]  # "bf16" names bfloat16
     assert "keras-only" not in decided  # no Keras run: the claim is not listed at all
     order = [row["status"] for row in decided.values()]
     assert order == sorted(order, key=[ledger.CONTRADICTED, ledger.SUPPORTED, ledger.UNDECIDED].index)
