@@ -9,7 +9,7 @@ SUITE ?= quick
 PYTEST_ARGS ?=
 UI_PORT ?= 5000
 
-.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead cost cost-instructions envs golden lint lock \
+.PHONY: install bench report ui test test-deep test-deps bench-check bench-baseline overhead cost cost-imports cost-instructions envs golden lint lock \
 	clean help gpu-check gpu-dry-run gpu-wheels gpu-publish
 
 help:
@@ -95,7 +95,11 @@ overhead: $(STAMP)
 COST_SUITE ?= benchmarks/suites/cost-paired.toml
 COST_ARGS ?=
 cost: $(STAMP)
-	$(BIN)/bakeoff cost --suite-file $(COST_SUITE) --passes paired,imports $(COST_ARGS)
+	$(BIN)/bakeoff cost --suite-file $(COST_SUITE) --passes paired $(COST_ARGS)
+
+# Does importing a library slow plain torch: clean vs library-imported processes, interleaved.
+cost-imports: $(STAMP)
+	$(BIN)/bakeoff cost --suite-file $(COST_SUITE) --passes imports $(COST_ARGS)
 
 # Instructions per step under callgrind: deterministic, so it can run on a busy machine.
 cost-instructions: $(STAMP) test-deps
