@@ -296,8 +296,10 @@ def one_line(result: dict[str, Any]) -> str:
         metric = result.get("task", {}).get("metric_name", "metric")
         if "eval_metric" in summary:
             parts.append(f"{metric} {summary['eval_metric']:.4f}")
-        if "mfu" in summary:
+        if summary.get("mfu") is not None:
             parts.append(f"MFU {100 * summary['mfu']:.2f}%")
+        elif summary.get("achieved_over_measured_peak"):
+            parts.append(f"MFU unknown ({summary['achieved_over_measured_peak']:.2f}x the measured peak)")
         if summary.get("compile_s"):
             parts.append(f"compile {summary['compile_s']:.1f} s")
         parts.append(f"weights {str(result.get('weights_digest'))[:16]}")

@@ -267,8 +267,10 @@ def utilisation(
     figures["achieved_flops_per_s"] = achieved
     if peak_flops_per_s and math.isfinite(peak_flops_per_s) and peak_flops_per_s > 0:
         mfu = achieved / (peak_flops_per_s * devices)
-        if mfu <= 1.0:
-            figures["mfu"] = mfu
         # Above 1 the measured peak is not this dtype's ceiling on this device (a CPU without that
-        # arithmetic has no single fastest size): no MFU rather than an impossible one.
+        # arithmetic has no single fastest size, or the peak was measured on a loaded machine): the
+        # MFU is left empty rather than impossible, and the ratio is kept under its own name.
+        figures["mfu"] = mfu if mfu <= 1.0 else None
+        if mfu > 1.0:
+            figures["achieved_over_measured_peak"] = mfu
     return figures

@@ -821,7 +821,8 @@ def check(args: argparse.Namespace) -> int:
             "error": r.get("error"),
             **{
                 k: r.get("summary", {}).get(k)
-                for k in ("median_step_us", "mfu", "compile_s", "throughput_samples_per_s")
+                for k in ("median_step_us", "mfu", "achieved_over_measured_peak", "compile_s",
+                          "throughput_samples_per_s")
             },
         }
         for r in all_results

@@ -147,4 +147,5 @@ def test_a_cpu_peak_is_the_best_rate_of_any_size_and_mfu_is_never_above_one(monk
     assert record["sizes_tried"] == [64, 128, 256]
     assert flops.utilisation(9_000, 1.0, 1e10, 1)["mfu"] == pytest.approx(0.9)  # 9e9 achieved of a 1e10 peak
     above = flops.utilisation(9_000, 1.0, 8e9, 1)
-    assert above["achieved_flops_per_s"] == 9e9 and "mfu" not in above
+    assert above["achieved_flops_per_s"] == 9e9 and above["mfu"] is None
+    assert above["achieved_over_measured_peak"] == pytest.approx(9e9 / 8e9)

@@ -173,7 +173,8 @@ def test_the_cpu_dry_run_runs_every_group_and_publishes(tmp_path):
     assert summary["sync_audit"]["confirmed_by_torch"] is False  # no CUDA here: nothing to confirm with
     (ddp1,) = summary["distributed"]
     assert ddp1["backend"] == "gloo" and ddp1["world_size"] == 1
-    assert all(row["mfu"] is not None for row in summary["runs"] if row["status"] == "ok")
+    ok = [row for row in summary["runs"] if row["status"] == "ok"]
+    assert all(row["mfu"] is not None or row["achieved_over_measured_peak"] for row in ok)  # a figure either way
     compiled = [row for label, row in runs.items() if " compiled " in label]
     assert compiled and all(row["compile_s"] is not None for row in compiled)
     assert "executable" not in summary["environment"]
