@@ -290,11 +290,30 @@ def _should_update(tags: Mapping[str, str], new: parity.Parity) -> bool:
 def set_parity(mlflow_client, run, verdict: parity.Parity, secrets: list[str]) -> None:
     """Write a stored run's verdicts: the same tags and note a run logged with them carries."""
     for name, value in parity_tags(verdict).items():
-        mlflow_client.set_tag(run.info.run_id, TAG + name, redact(value, secrets))
+        _set_tag(mlflow_client, run.info.run_id, TAG + name, redact(value, secrets))
     tags = run.data.tags
     if not tags.get(TAG + "error") and verdict.primary is not None:  # a failed run's note keeps its error
         note = f"{tags.get(TAG + 'status', 'ok')}: {verdict.primary.describe()}"
-        mlflow_client.set_tag(run.info.run_id, "mlflow.note.content", redact(note, secrets))
+        _set_tag(mlflow_client, run.info.run_id, "mlflow.note.content", redact(note, secrets))
+
+
+def _set_tag(mlflow_client, run_id: str, key: str, value: str, attempts: int = 4) -> None:
+    """``set_tag`` that survives another shard writing the same tag at the same moment.
+
+    Two shards pairing again after their writes may both update one stored run; on a SQL store the
+    second insert of a new tag then fails on the primary key. Written again, it is an update.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow_client.set_tag(run_id, key, value)
+            return
+        except MlflowException as error:
+            text = str(error)
+            if attempt == attempts - 1 or not any(word in text for word in ("UniqueViolation", "UNIQUE", "tag_pk")):
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def _log_invocation(
