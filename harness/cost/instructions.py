@@ -65,7 +65,8 @@ class InstructionProtocol:
     rounds: int = 6
     """Rounds per cell (each: one fit per arm, the order balanced: native first in half of them). Each
     fit's objects land at other addresses, which moves its count by ~0.2% (address-hashed caches and
-    sets); averaging rounds is what brings a cell's figure to repeat within 0.1%."""
+    sets); averaging rounds brings a pure-Python step's figure within 0.1%, the real loop's within
+    0.16-0.55% between two runs (notes/issue-16.md)."""
     steps: int = 25
     warmup: int = 5
     threads: int = 1
