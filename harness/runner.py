@@ -136,6 +136,26 @@ def forkable(spec: Spec, options: RunOptions) -> bool:
     return spec.world_size == 1 and options.nnodes == 1
 
 
+def preload_for(spec: Spec) -> tuple[str, ...]:
+    """What the zygote for this spec imports before forking: modules its worker imports anyway, whatever
+    the library: torch's compiler stack when the spec is deterministic
+    (``kernels.determinism.DETERMINISM_IMPORTS``) and the task's data modules (``Task.preload``).
+
+    The set depends on the spec's task and determinism only, never on its adapter, so every adapter's
+    library start-up on a task leaves out the same imports and stays comparable with the others'.
+    A task that cannot be loaded here preloads nothing."""
+    from kernels.determinism import DETERMINISM_IMPORTS
+
+    modules = list(DETERMINISM_IMPORTS) if spec.deterministic else []
+    try:
+        from harness.registry import get_task
+
+        modules += list(get_task(spec.task).preload)
+    except Exception:  # the worker reports a task that does not load; the zygote need not
+        pass
+    return tuple(dict.fromkeys(modules))
+
+
 def _run_fresh(command: list[str], stderr, timeout_s: float) -> tuple[int | None, bool]:
     """Start the worker as a new interpreter; returns (exit code, timed out)."""
     process = subprocess.Popen(
@@ -157,18 +177,18 @@ def _run_fresh(command: list[str], stderr, timeout_s: float) -> tuple[int | None
 
 
 def _run_forked(
-    pool: zygote.ZygotePool, python: str, argv_for, output: Path, timeout_s: float
+    pool: zygote.ZygotePool, python: str, argv_for, output: Path, timeout_s: float, preload: tuple[str, ...] = ()
 ) -> tuple[int, int | None, bool] | None:
     """Fork the worker from the pool's zygote: (launch time, exit code, timed out), or None when no
     zygote can serve (the caller then runs the spec in a fresh process)."""
-    forker = pool.get(python, _worker_env(), cwd=str(REPO_ROOT))
+    forker = pool.get(python, _worker_env(), cwd=str(REPO_ROOT), preload=preload)
     if forker is None:
         return None
     launch_wall_ns = time.time_ns()
     try:
         pid = forker.launch(argv_for(launch_wall_ns), output=str(output))
     except zygote.ZygoteError as error:
-        pool.failed(python, str(error))
+        pool.failed(python, str(error), preload=preload)
         return None
     try:
         code = forker.wait(pid, timeout_s)
@@ -180,13 +200,13 @@ def _run_forked(
             code = forker.wait(pid, 5)
     except zygote.ZygoteError as error:
         _signal_group(pid, signal.SIGKILL)  # its zygote is gone, so it is going too: make sure
-        pool.failed(python, f"{error} while a worker ran")
+        pool.failed(python, f"{error} while a worker ran", preload=preload)
         return None
     if code is None:  # the zygote never reported the SIGKILLed worker's end: do not reuse it
-        pool.failed(python, "the zygote did not report a killed worker's exit")
+        pool.failed(python, "the zygote did not report a killed worker's exit", preload=preload)
         code = -signal.SIGKILL
     else:
-        pool.succeeded(python)
+        pool.succeeded(python, preload=preload)
     _signal_group(pid, signal.SIGTERM)  # anything the finished worker left behind in its group
     return launch_wall_ns, code, timed_out
 
@@ -225,6 +245,7 @@ def run_spec(spec: Spec, options: RunOptions, zygotes: zygote.ZygotePool | None 
                     lambda launch_ns: worker_arguments(spec_file, options, launch_ns),
                     stderr_file,
                     options.timeout_s,
+                    preload_for(spec),
                 )
                 if ran is None:  # no zygote could serve: start over in a fresh process
                     stderr.seek(0)

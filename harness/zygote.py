@@ -52,14 +52,38 @@ import time
 import traceback
 from typing import Any
 
-OPENBLAS_ENV = "OPENBLAS_NUM_THREADS"
-ORIGINAL_OPENBLAS_ENV = "BAKEOFF_ZYGOTE_OPENBLAS_NUM_THREADS"
-"""The runner's own ``OPENBLAS_NUM_THREADS`` (empty: unset), restored for the probe and the children."""
+ZYGOTE_ONLY_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "JE_ARROW_MALLOC_CONF": "background_thread:false",
+}
+"""Set in the zygote's own environment only, so that what it loads starts no thread: NumPy's and
+SciPy's OpenBLAS load without their pools, and the jemalloc inside pyarrow (loaded with pandas, which
+scikit-learn imports) without its background purge thread. Children get the runner's values back."""
+ORIGINAL_ENV_PREFIX = "BAKEOFF_ZYGOTE_ORIGINAL_"
+"""``BAKEOFF_ZYGOTE_ORIGINAL_<NAME>``: the runner's own value of a ``ZYGOTE_ONLY_ENV`` name (empty: unset)."""
 
-# Runs in a throwaway interpreter with the runner's environment: the OpenBLAS thread counts a
-# fresh worker starts with (NumPy's OpenBLAS is the one the zygote loads; its path identifies it).
+
+def _zygote_value(name: str, runner_value: str | None) -> str:
+    if name == "JE_ARROW_MALLOC_CONF" and runner_value:  # jemalloc options are a comma-separated list
+        return f"{runner_value},{ZYGOTE_ONLY_ENV[name]}"
+    return ZYGOTE_ONLY_ENV[name]
+
+
+def zygote_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment a zygote runs in: the runner's, with ``ZYGOTE_ONLY_ENV`` and the originals kept aside."""
+    zygote_env = dict(env)
+    for name in ZYGOTE_ONLY_ENV:
+        zygote_env[ORIGINAL_ENV_PREFIX + name] = env.get(name, "")
+        zygote_env[name] = _zygote_value(name, env.get(name))
+    return zygote_env
+
+
+# Runs in a throwaway interpreter with the runner's environment, after importing what the zygote
+# preloads: the OpenBLAS thread counts a fresh worker starts with (paths identify the libraries).
 _OPENBLAS_PROBE = (
-    "import json, numpy, threadpoolctl; "
+    "import importlib, importlib.util, json, sys, numpy, threadpoolctl\n"
+    "for name in sys.argv[1:]:\n"
+    "    if importlib.util.find_spec(name.split('.')[0]) is not None: importlib.import_module(name)\n"
     "print(json.dumps({i['filepath']: i['num_threads'] for i in threadpoolctl.threadpool_info() "
     "if i.get('internal_api') == 'openblas'}))"
 )
@@ -78,7 +102,7 @@ def thread_count() -> int:
 def fork_hazards(openblas_threads: dict[str, int] | None = None) -> list[str]:
     """What would make a forked child differ from a fresh process; empty when forking is safe."""
     hazards = []
-    if openblas_threads is None and ORIGINAL_OPENBLAS_ENV in os.environ:
+    if openblas_threads is None and ORIGINAL_ENV_PREFIX + "OPENBLAS_NUM_THREADS" in os.environ:
         hazards.append("the thread count a fresh process gives OpenBLAS could not be measured")
     threads = thread_count()
     if threads != 1:
@@ -90,19 +114,22 @@ def fork_hazards(openblas_threads: dict[str, int] | None = None) -> list[str]:
 
 
 def _original_environment() -> dict[str, str]:
+    """This zygote's environment as the runner gave it (``ZYGOTE_ONLY_ENV`` names back to the runner's values)."""
     environment = dict(os.environ)
-    original = environment.pop(ORIGINAL_OPENBLAS_ENV, None)
-    if original is not None:  # this process runs with OpenBLAS at one thread; the runner's value goes back
-        environment.pop(OPENBLAS_ENV, None)
+    for name in ZYGOTE_ONLY_ENV:
+        original = environment.pop(ORIGINAL_ENV_PREFIX + name, None)
+        if original is None:
+            continue
+        environment.pop(name, None)
         if original:
-            environment[OPENBLAS_ENV] = original
+            environment[name] = original
     return environment
 
 
-def _start_openblas_probe() -> subprocess.Popen | None:
+def _start_openblas_probe(preload: tuple[str, ...]) -> subprocess.Popen | None:
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _OPENBLAS_PROBE],
+            [sys.executable, "-c", _OPENBLAS_PROBE, *preload],
             env=_original_environment(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -138,6 +165,29 @@ def restore_thread_pools(openblas_threads: dict[str, int]) -> None:
         wanted = openblas_threads.get(controller.filepath)
         if controller.internal_api == "openblas" and wanted:
             controller.set_num_threads(wanted)
+
+
+def preload(names: tuple[str, ...]) -> tuple[list[str], dict[str, str | None]]:
+    """Import ``names``: the modules a fresh worker of the zygote's specs imports before its library.
+
+    Returns the names imported (one whose top-level package is not installed in this interpreter is
+    skipped: its workers would not import it either) and what importing them did to the environment
+    (name → new value, ``None`` where it removed one; scikit-learn, for one, sets two defaults), which
+    each child applies again after taking the runner's environment, as the import would have in it.
+    """
+    import importlib.util
+
+    before = dict(os.environ)
+    loaded = []
+    for name in names:
+        if importlib.util.find_spec(name.split(".")[0]) is None:
+            continue
+        importlib.import_module(name)
+        loaded.append(name)
+    ours = set(ZYGOTE_ONLY_ENV) | {ORIGINAL_ENV_PREFIX + name for name in ZYGOTE_ONLY_ENV}
+    changes: dict[str, str | None] = {k: v for k, v in os.environ.items() if before.get(k) != v and k not in ours}
+    changes.update({k: None for k in before if k not in os.environ and k not in ours})
+    return loaded, changes
 
 
 def _flush_c_stdio() -> None:
@@ -190,6 +240,11 @@ def _become_worker(request: dict[str, Any], zygote_pid: int, ready_fd: int, priv
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        for name, value in request.get("env_changes", {}).items():  # what the preloaded imports did to it
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         restore_thread_pools({k: int(v) for k, v in request.get("openblas_threads", {}).items()})
         numpy = sys.modules.get("numpy")
         if numpy is not None:
@@ -218,7 +273,9 @@ def _become_worker(request: dict[str, Any], zygote_pid: int, ready_fd: int, priv
         os._exit(code)
 
 
-def serve(channel: _Lines, openblas_threads: dict[str, int] | None) -> int:
+def serve(
+    channel: _Lines, openblas_threads: dict[str, int] | None, env_changes: dict[str, str | None] | None = None
+) -> int:
     """Answer requests until the runner closes the pipe: ``status``, or ``run`` (fork, report pid and exit)."""
     private_fds = (channel.read_fd, channel.write_fd)
     while True:
@@ -248,7 +305,7 @@ def serve(channel: _Lines, openblas_threads: dict[str, int] | None) -> int:
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
-            child_request = {**request, "openblas_threads": openblas_threads or {}}
+            child_request = {**request, "openblas_threads": openblas_threads or {}, "env_changes": env_changes or {}}
             _become_worker(child_request, zygote_pid, ready_write, private_fds)
         os.close(ready_write)
         os.read(ready_read, 1)  # empty if the child died first; waitpid below reports how
@@ -275,21 +332,23 @@ class ZygoteError(RuntimeError):
 class Zygote:
     """One running zygote, as the runner sees it: launch a worker, wait for it, close."""
 
-    def __init__(self, python: str, env: dict[str, str], *, cwd: str, label: str = "") -> None:
+    def __init__(
+        self, python: str, env: dict[str, str], *, cwd: str, label: str = "", preload: tuple[str, ...] = ()
+    ) -> None:
         import functools
         import tempfile
 
         from harness.process import die_with_parent
 
-        self.python, self.env = python, dict(env)
+        self.python, self.env, self.preload = python, dict(env), tuple(preload)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the zygote; closed in close())
-        zygote_env = dict(env)
-        zygote_env[ORIGINAL_OPENBLAS_ENV] = env.get(OPENBLAS_ENV, "")
-        zygote_env[OPENBLAS_ENV] = "1"
+        command = [python, "-m", "harness.zygote", "--for-results", label]
+        if self.preload:
+            command += ["--preload", ",".join(self.preload)]
         self.process = subprocess.Popen(
-            [python, "-m", "harness.zygote", "--for-results", label],
+            command,
             cwd=cwd,
-            env=zygote_env,
+            env=zygote_environment(env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -305,6 +364,8 @@ class Zygote:
             self.close()
             raise ZygoteError(ready.get("failed") or f"unexpected first reply {ready}")
         self.import_s = float(ready.get("import_s", 0.0))
+        self.preloaded: list[str] = list(ready.get("preloaded", []))
+        """The ``preload`` modules it imported (one not installed in its interpreter is left out)."""
         if ready.get("hazards"):
             self.close()
             raise ZygoteError("; ".join(ready["hazards"]))
@@ -404,61 +465,64 @@ class Zygote:
 
 
 class ZygotePool:
-    """The runner's zygotes, one per interpreter (so one per environment), for the length of a suite.
+    """The runner's zygotes for the length of a suite: one per interpreter (so one per environment)
+    and per set of preloaded modules (``preload_for``).
 
     A zygote is started on first use and replaced when the environment the runner would give a
     worker changes. When one fails to start, dies or refuses to fork, the pool says so in one line
     (``log``) and the spec runs in a fresh process; after ``MAX_FAILURES`` failures in a row for
-    one interpreter it stops trying there, and that interpreter's later specs run fresh.
+    one interpreter and preload it stops trying there, and those specs run fresh.
     """
 
     def __init__(self, *, label: str = "", log=None) -> None:
         self.label = label
         self.log = log or (lambda line: print(f"bakeoff: {line}", file=sys.stderr, flush=True))
-        self._zygotes: dict[str, Zygote] = {}
-        self._failures: dict[str, int] = {}
-        self.disabled: dict[str, str] = {}
-        """Interpreter → why it no longer gets a zygote."""
+        self._zygotes: dict[tuple[str, tuple[str, ...]], Zygote] = {}
+        self._failures: dict[tuple[str, tuple[str, ...]], int] = {}
+        self.disabled: dict[tuple[str, tuple[str, ...]], str] = {}
+        """(interpreter, preload) → why it no longer gets a zygote."""
         self.started = 0
 
-    def get(self, python: str, env: dict[str, str], *, cwd: str) -> Zygote | None:
-        """The zygote for this interpreter and environment (started now if needed), or None: run fresh."""
-        if python in self.disabled:
+    def get(self, python: str, env: dict[str, str], *, cwd: str, preload: tuple[str, ...] = ()) -> Zygote | None:
+        """The zygote for this interpreter, environment and preload (started now if needed), or None: run fresh."""
+        key = (python, tuple(preload))
+        if key in self.disabled:
             return None
-        current = self._zygotes.get(python)
+        current = self._zygotes.get(key)
         if current is not None:
             if current.alive() and current.env == env:
                 return current
             if current.alive():  # the environment changed: not a failure, a new zygote for it
-                self._drop(python)
+                self._drop(key)
             else:
-                self.failed(python, f"the zygote exited ({current._exit_text()})", replaced_now=True)
-                if python in self.disabled:
+                self.failed(python, f"the zygote exited ({current._exit_text()})", replaced_now=True, preload=preload)
+                if key in self.disabled:
                     return None
         try:
-            zygote = Zygote(python, env, cwd=cwd, label=self.label)
+            zygote = Zygote(python, env, cwd=cwd, label=self.label, preload=key[1])
         except (ZygoteError, OSError) as error:
-            self.failed(python, f"could not start a zygote ({error})")
+            self.failed(python, f"could not start a zygote ({error})", preload=preload)
             return None
         self.started += 1
-        self._zygotes[python] = zygote
+        self._zygotes[key] = zygote
         return zygote
 
-    def _drop(self, python: str) -> None:
-        zygote = self._zygotes.pop(python, None)
+    def _drop(self, key: tuple[str, tuple[str, ...]]) -> None:
+        zygote = self._zygotes.pop(key, None)
         if zygote is not None:
             zygote.close()
 
-    def failed(self, python: str, reason: str, *, replaced_now: bool = False) -> None:
+    def failed(self, python: str, reason: str, *, replaced_now: bool = False, preload: tuple[str, ...] = ()) -> None:
         """Record a failure: the zygote is dropped; the spec at hand runs in a fresh process, or
         (``replaced_now``: it died between specs) gets a new zygote."""
-        self._drop(python)
-        self._failures[python] = self._failures.get(python, 0) + 1
+        key = (python, tuple(preload))
+        self._drop(key)
+        self._failures[key] = self._failures.get(key, 0) + 1
         where = "" if python == sys.executable else f" ({python})"
-        if self._failures[python] >= MAX_FAILURES:
-            self.disabled[python] = reason
+        if self._failures[key] >= MAX_FAILURES:
+            self.disabled[key] = reason
             self.log(
-                f"zygote{where}: {reason}; {self._failures[python]} failures in a row, so the rest of the suite "
+                f"zygote{where}: {reason}; {self._failures[key]} failures in a row, so the rest of the suite "
                 "runs in fresh processes"
             )
         elif replaced_now:
@@ -466,12 +530,12 @@ class ZygotePool:
         else:
             self.log(f"zygote{where}: {reason}; this spec runs in a fresh process, the next gets a new zygote")
 
-    def succeeded(self, python: str) -> None:
-        self._failures.pop(python, None)
+    def succeeded(self, python: str, *, preload: tuple[str, ...] = ()) -> None:
+        self._failures.pop((python, tuple(preload)), None)
 
     def close(self) -> None:
-        for python in list(self._zygotes):
-            self._drop(python)
+        for key in list(self._zygotes):
+            self._drop(key)
 
     def __enter__(self) -> ZygotePool:
         return self
@@ -483,14 +547,16 @@ class ZygotePool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.zygote", description="Fork workers (internal).")
     parser.add_argument("--for-results", default="", help="the results folder it serves (shown in ps)")
-    parser.parse_args(argv)
+    parser.add_argument("--preload", default="", help="comma-separated modules to import before forking")
+    args = parser.parse_args(argv)
+    names = tuple(name for name in args.preload.split(",") if name)
     # The protocol moves off stdin/stdout before anything can print.
     channel = _Lines(os.dup(0), os.dup(1))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    probe = _start_openblas_probe()
+    probe = _start_openblas_probe(names)
     started = time.perf_counter()
     try:
         import harness.worker  # noqa: F401  (torch, NumPy and the harness: what every worker imports first)
@@ -498,9 +564,24 @@ def main(argv: list[str] | None = None) -> int:
         channel.send({"failed": f"importing the worker failed: {type(error).__name__}: {error}"})
         return 1
     import_s = time.perf_counter() - started
+    started = time.perf_counter()
+    try:
+        preloaded, env_changes = preload(names)
+    except BaseException as error:
+        channel.send({"failed": f"preloading {args.preload} failed: {type(error).__name__}: {error}"})
+        return 1
+    preload_s = time.perf_counter() - started
     openblas_threads = _finish_openblas_probe(probe)
-    channel.send({"ready": os.getpid(), "import_s": import_s, "hazards": fork_hazards(openblas_threads)})
-    return serve(channel, openblas_threads)
+    channel.send(
+        {
+            "ready": os.getpid(),
+            "import_s": import_s,
+            "preload_s": preload_s,
+            "preloaded": preloaded,
+            "hazards": fork_hazards(openblas_threads),
+        }
+    )
+    return serve(channel, openblas_threads, env_changes)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ import random
 import numpy as np
 import torch
 
+DETERMINISM_IMPORTS = ("torch._inductor.config",)
+"""What ``set_determinism(deterministic=True)`` imports: ``torch.use_deterministic_algorithms`` sets
+inductor's deterministic flag, and importing inductor's config brings in torch._dynamo (~1.5 s on
+the 2-core machine). A zygote preloads these for deterministic specs (``harness.runner.preload_for``)."""
+
 
 def set_determinism(seed: int, *, rank: int = 0, deterministic: bool = True) -> int:
     """Seed Python, NumPy and torch (CPU and CUDA) with ``seed + rank`` and return that seed.

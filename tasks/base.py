@@ -154,6 +154,11 @@ class Task:
     kernel for that dtype on that device, in plain torch too). Such runs end ``unsupported`` with the
     reason, checked before launching; options-dependent cases override :meth:`unsupported_reason`."""
 
+    preload: ClassVar[tuple[str, ...]] = ()
+    """Modules ``build_data`` imports (e.g. ``sklearn.datasets``). A suite's zygote imports them
+    before it forks this task's workers, which saves each worker that import; they must be modules
+    the worker imports anyway, before training, and must start no thread when imported."""
+
     loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(cross_entropy)
     metric: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = staticmethod(accuracy)
     metric_from_loss: ClassVar[Callable[[float], float] | None] = None

@@ -40,6 +40,7 @@ class Digits(Task):
     optimizer = OptimizerRecipe(optimizer=torch.optim.SGD, hyper={"momentum": 0.9})
     tolerances = STANDARD_TOLERANCES
     precision_drift = STANDARD_DRIFT
+    preload = ("sklearn.datasets",)
     options = {"channels": 16}
     target_metric = 0.9
 

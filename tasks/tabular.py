@@ -35,6 +35,7 @@ class Tabular(Task):
     optimizer = OptimizerRecipe(optimizer=torch.optim.AdamW, hyper={"weight_decay": 1e-2})
     tolerances = STANDARD_TOLERANCES
     precision_drift = STANDARD_DRIFT
+    preload = ("sklearn.datasets",)
     options = {"hidden": 64, "dropout": 0.1}
     target_metric = 0.93
     batch_invariant = False  # BatchNorm statistics and dropout masks depend on the batch

@@ -21,7 +21,7 @@ from dataclasses import replace
 import pytest
 
 from harness import zygote
-from harness.runner import RunOptions, _worker_env, forkable, run_suite
+from harness.runner import RunOptions, _worker_env, forkable, preload_for, run_suite
 from tests.conftest import REPO_ROOT, small_spec
 from tests.harness.test_runner import _is_worker_for
 
@@ -43,21 +43,39 @@ def comparable(result: dict) -> dict:
     }
 
 
-def test_forked_workers_match_fresh_workers_bit_for_bit(tmp_path):
+def test_forked_workers_match_fresh_workers_bit_for_bit(tmp_path, monkeypatch):
+    # The environment defaults scikit-learn and joblib set when imported: out of this process's
+    # environment (already imported here, they will not set them again), so a worker has them only
+    # if it imported them itself, or had the zygote's preloading replayed.
+    import joblib  # noqa: F401
+    import sklearn  # noqa: F401
+
+    for name in ("KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"):
+        monkeypatch.delenv(name, raising=False)
     specs = [
         small_spec(steps=8),
         small_spec(adapter="lightning", steps=8, seed=1),
         small_spec(adapter="report-threads"),
+        # A task whose data modules the zygote preloads (scikit-learn, and with it SciPy and pandas),
+        # under a library that imports them itself too.
+        small_spec(adapter="fastai", task="digits", steps=6),
+        small_spec(adapter="report-threads", task="digits"),
     ]
     forked = run_suite(specs, options(tmp_path / "zygote", zygote=True))
     fresh = run_suite(specs, options(tmp_path / "fresh", zygote=False))
-    assert [r["timing"]["launch"] for r in forked] == ["zygote"] * 3
-    assert [r["timing"]["launch"] for r in fresh] == ["fresh"] * 3
+    assert [r["timing"]["launch"] for r in forked] == ["zygote"] * len(specs)
+    assert [r["timing"]["launch"] for r in fresh] == ["fresh"] * len(specs)
     assert [comparable(r) for r in forked] == [comparable(r) for r in fresh]
     assert all(r["status"] == "ok" and r["weights_digest"] for r in forked)
-    # The child's thread pools (torch's, OpenMP's, OpenBLAS's) are a fresh process's.
-    assert forked[2]["notes"]["thread_pools"] == fresh[2]["notes"]["thread_pools"]
+    # The child's thread pools (torch's, OpenMP's, OpenBLAS's: SciPy's too where it was preloaded)
+    # are a fresh process's, and so is what the preloaded imports put in the environment.
+    for index in (2, 4):
+        assert forked[index]["notes"]["thread_pools"] == fresh[index]["notes"]["thread_pools"]
+        assert forked[index]["notes"]["environ"] == fresh[index]["notes"]["environ"]
     assert "openblas" in [pool[0] for pool in fresh[2]["notes"]["thread_pools"]["pools"]]
+    openblas = [pool for pool in fresh[4]["notes"]["thread_pools"]["pools"] if pool[0] == "openblas"]
+    assert len(openblas) >= 2  # NumPy's and SciPy's: the second was loaded in the zygote, at one thread
+    assert fresh[4]["notes"]["environ"]["KMP_INIT_AT_FORK"] is not None  # the replay had something to replay
 
     # Start-up: the cold figure a user waits for exists only where it was measured, a fresh interpreter.
     for zygote_result, fresh_result in zip(forked, fresh):
@@ -121,6 +139,54 @@ def test_no_thread_pool_is_live_when_the_zygote_forks(tmp_path):
     assert not {"lightning", "fastai", "keras", "transformers", "sklearn"} & set(status["modules"])
     # OpenBLAS started without its pool; children get back what a fresh process has.
     assert status["openblas_threads"] and all(n >= 1 for n in status["openblas_threads"].values())
+
+
+def test_a_preloading_zygote_stays_single_threaded_and_skips_what_is_not_installed(tmp_path):
+    preload = preload_for(small_spec(task="digits"))
+    assert preload == ("torch._inductor.config", "sklearn.datasets")
+    forker = zygote.Zygote(
+        sys.executable, _worker_env(), cwd=str(REPO_ROOT), preload=(*preload, "bakeoff_not_installed")
+    )
+    try:
+        status = forker.status()
+    finally:
+        forker.close()
+    assert forker.preloaded == list(preload)
+    # pyarrow's jemalloc would start a purge thread here without ZYGOTE_ONLY_ENV.
+    assert status["threads"] == 1 and status["hazards"] == []
+    assert {"sklearn", "scipy", "pandas"} <= set(status["modules"])
+    assert "torch._dynamo" not in status["modules"]  # top-level names only; the compiler stack is under torch
+    assert len(status["openblas_threads"]) >= 2  # SciPy's OpenBLAS too: its fresh count is known
+
+
+def test_a_zygote_preloads_by_task_and_determinism_never_by_adapter():
+    for adapter in ("native", "lightning", "fastai", "keras", "hf"):
+        assert preload_for(small_spec(adapter=adapter, task="digits")) == ("torch._inductor.config", "sklearn.datasets")
+        assert preload_for(small_spec(adapter=adapter)) == ("torch._inductor.config",)
+        assert preload_for(small_spec(adapter=adapter, deterministic=False)) == ()
+        assert preload_for(small_spec(adapter=adapter, task="tabular", deterministic=False)) == ("sklearn.datasets",)
+
+
+def test_what_is_preloaded_is_what_a_worker_imports_anyway():
+    """Each declared module is imported by the code it is declared for, in a fresh interpreter."""
+    from harness.registry import BUILTIN_TASKS, get_task
+    from kernels.determinism import DETERMINISM_IMPORTS
+
+    declared = {name: get_task(name).preload for name in BUILTIN_TASKS}
+    checks = [("from kernels.determinism import set_determinism; set_determinism(0)", DETERMINISM_IMPORTS)]
+    checks += [
+        (f"from harness.registry import get_task; t = get_task({name!r}); t.build_data(t.resolve_options({{}}))",
+         modules)
+        for name, modules in declared.items()
+        if modules
+    ]
+    assert len(checks) >= 3  # determinism, digits and tabular at least
+    for code, modules in checks:
+        script = f"import sys; {code}; print(','.join(m for m in {tuple(modules)!r} if m not in sys.modules))"
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=_worker_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1:] in ([], [""]), f"{code}: not imported: {done.stdout}"
 
 
 def test_the_fork_check_sees_a_live_thread():

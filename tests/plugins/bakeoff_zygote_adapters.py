@@ -113,6 +113,8 @@ class ReportThreadsAdapter(NativeAdapter):
     def fit(self, job):
         trained = super().fit(job)
         job.notes["thread_pools"] = thread_pools()
+        # What importing the task's data modules set in the environment (scikit-learn sets these two).
+        job.notes["environ"] = {name: os.environ.get(name) for name in ("KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")}
         return trained
 
 
