@@ -206,13 +206,16 @@ def _defaults(summary: AdapterSummary, tables: dict[str, Table]) -> None:
 PREFERRED_TASKS = ("digits",)
 
 
+LIBRARY_STARTUP = "Library start-up (import, set-up, first step; torch and the task's data modules already loaded)"
+
+
 def _startup_figure(row: dict[str, Any]) -> tuple[str, str] | None:
     """(column, what it is) of a row's start-up: the cold figure where a fresh process measured it, else the
     library's own (its import, set-up and first step in a worker forked with torch already loaded)."""
     if row.get("startup_s") is not None:
         return "startup_s", "Start-up"
     if row.get("library_startup_s") is not None:
-        return "library_startup_s", "Library start-up (import, set-up, first step; torch already loaded)"
+        return "library_startup_s", LIBRARY_STARTUP
     return None
 
 

@@ -60,13 +60,30 @@ SETTLE_S = 0.0
 TOP_FUNCTIONS = 40
 
 
+MALLOC_TUNABLES = (
+    "glibc.malloc.tcache_count=65535:glibc.malloc.mmap_threshold=33554432:"
+    "glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864"
+)
+"""glibc malloc configured so a steady-state step's allocations take the same path in every process.
+
+With the defaults, two runs of one plan disagreed by 0.12-0.55% per step, and the per-function
+diff of the two runs' native windows put nearly all of it in glibc's allocator (``_int_malloc``,
+``_int_free``, ``unlink_chunk``, ``malloc_consolidate``): which path a malloc takes depends on the
+heap's history (bins, fragmentation, a dynamic mmap threshold, trimming the top), and that history
+differs between processes. A thread cache that holds every chunk a step frees (65535 per size
+instead of 7), fixed mmap and trim thresholds and a fixed top pad take those history-dependent paths
+out: on the same three cells the runs then agreed to 0.019-0.029% instead of 0.12-0.18%. Both arms
+run under it; it lowers native's count by ~2% and moved the paired differences by 0.1-0.3%. The
+wall-clock passes keep glibc's defaults: they measure the process as users run it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class InstructionProtocol:
     rounds: int = 6
     """Rounds per cell (each: one fit per arm, the order balanced: native first in half of them). Each
     fit's objects land at other addresses, which moves its count by ~0.2% (address-hashed caches and
-    sets); averaging rounds brings a pure-Python step's figure within 0.1%, the real loop's within
-    0.16-0.55% between two runs (notes/issue-16.md)."""
+    sets); averaging rounds brings a pure-Python step's figure within 0.1%. On the real loop the
+    runs' remaining disagreement was glibc malloc's (``malloc_tunables``)."""
     steps: int = 25
     warmup: int = 5
     threads: int = 1
@@ -75,9 +92,11 @@ class InstructionProtocol:
     """Independent valgrind processes over the same plan (repeatability)."""
     hash_seed: int = 0
     """PYTHONHASHSEED of every run."""
+    malloc_tunables: str = MALLOC_TUNABLES
+    """``GLIBC_TUNABLES`` of every run ("" for glibc's defaults): see ``MALLOC_TUNABLES``."""
 
     def __post_init__(self) -> None:
-        cost_record.check_counts(self, "instruction protocol")
+        cost_record.check_counts(self, "instruction protocol", text=("malloc_tunables",))
         if self.rounds < 1 or self.runs < 1 or self.threads < 1:
             raise SpecError("instruction protocol needs at least 1 round, 1 run and 1 thread")
         if self.steps < self.warmup + 2:
@@ -238,7 +257,14 @@ def _prepare_child(parent: int) -> None:
     die_with_parent(parent)  # valgrind keeps both across exec
 
 
-def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int) -> None:
+def with_tunables(current: str | None, ours: str) -> str | None:
+    """``GLIBC_TUNABLES`` with ``ours`` after the caller's own (glibc takes the last of a repeated name)."""
+    if not ours:
+        return current
+    return f"{current}:{ours}" if current else ours
+
+
+def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int, malloc_tunables: str = "") -> None:
     for run in runs:
         if run.folder.exists():
             shutil.rmtree(run.folder)
@@ -246,6 +272,9 @@ def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONHASHSEED"] = str(hash_seed)
+        tunables = with_tunables(env.get("GLIBC_TUNABLES"), malloc_tunables)
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("BAKEOFF_ORCHESTRATOR_PID", None)  # no watch thread waking inside the measured process
         output = open(run.folder / "valgrind.log", "wb")  # noqa: SIM115 (closed when the process ends)
@@ -366,7 +395,12 @@ def cell_record(
         "error": None,
         "protocol": protocol.to_dict(),
         "environment": environment,
-        "valgrind": {"version": valgrind_version(), "tool": "callgrind", "counted": "Ir, main thread"},
+        "valgrind": {
+            "version": valgrind_version(),
+            "tool": "callgrind",
+            "counted": "Ir, main thread",
+            "malloc_tunables": protocol.malloc_tunables or None,
+        },
     }
     per_run = []
     for index, cells in enumerate(runs, start=1):
@@ -434,7 +468,7 @@ def measure(
     problems: list[str] = []
     batches = [runs] if parallel else [[run] for run in runs]
     for batch in batches:
-        launch(batch, plan_path, python=python, hash_seed=protocol.hash_seed)
+        launch(batch, plan_path, python=python, hash_seed=protocol.hash_seed, malloc_tunables=protocol.malloc_tunables)
         problems += wait(batch, expected, timeout_s, progress)
     collected = [collect(run) for run in runs] if not problems else []
     libraries = sorted({library for library in _libraries(specs) if library})

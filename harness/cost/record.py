@@ -113,13 +113,18 @@ def publishable(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_counts(protocol: Any, what: str) -> None:
-    """Every field of a protocol dataclass is a non-negative integer; raise SpecError naming the first that is not."""
+def check_counts(protocol: Any, what: str, *, text: tuple[str, ...] = ()) -> None:
+    """Every field of a protocol dataclass but those named in ``text`` (which must be strings) is a
+    non-negative integer; raise SpecError naming the first that is not."""
     from dataclasses import fields
 
     from harness.spec import SpecError
 
     for item in fields(protocol):
         value = getattr(protocol, item.name)
+        if item.name in text:
+            if not isinstance(value, str):
+                raise SpecError(f"{what} {item.name} must be a string, got {value!r}")
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{what} {item.name} must be a non-negative integer, got {value!r}")
