@@ -59,7 +59,7 @@ def verdict(paired: dict[str, Any] | None, instructions: dict[str, Any] | None) 
             return {
                 "clock": "instructions",
                 "reason": f"wall CI ±{target['half_width_us']:.1f} µs misses the ±{target['target_us']:.1f} µs target "
-                "on this machine; instructions do not drift",
+                f"on this machine; instructions do not drift ({_repeats(instructions)})",
             }
         return {
             "clock": "wall",
@@ -68,6 +68,17 @@ def verdict(paired: dict[str, Any] | None, instructions: dict[str, Any] | None) 
     if has_instructions:
         return {"clock": "instructions", "reason": "no paired wall-time figure"}
     return {"clock": None, "reason": "not measured"}
+
+
+def _repeats(instructions: dict[str, Any]) -> str:
+    """How well the instruction count repeated between the pass's runs, in words."""
+    summary = instructions.get("summary") or {}
+    spread = summary.get("repeatability") or {}
+    worst = max((spread.get(arm) for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
+    runs = summary.get("runs") or 0
+    if worst is None or runs < 2:
+        return "one run: repeatability not measured"
+    return f"{runs} runs agree to {worst * 100:.2g}% per arm"
 
 
 def _estimate_us(paired: dict[str, Any] | None, instructions: dict[str, Any] | None) -> float | None:

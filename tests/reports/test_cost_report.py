@@ -142,6 +142,7 @@ def test_overhead_rows_lead_with_paired_figures_and_pick_the_verdict_clock():
     assert aligned["verdict"]["clock"] == "wall"  # CI ±1 µs meets the 5 µs / 2% target
     assert defaults["verdict"]["clock"] == "instructions"  # ±40 µs misses it; instructions exist
     assert "misses" in defaults["verdict"]["reason"]
+    assert "2 runs agree to 0.04% per arm" in defaults["verdict"]["reason"]  # the worse arm, in words
     assert native["verdict"]["clock"] == "wall" and native.get("native_instructions") is None
     assert defaults["syncs_per_step"] == 2.0 and defaults["native_syncs_per_step"] == 0.0
     assert defaults["sync_sites"] == ["item 2/step at lightning/fabric/utilities/apply_func.py:134(to_item)"]
