@@ -640,6 +640,7 @@ PAIRED_COLUMNS = [
     Column("thread_us", "thread Δ µs/step", "thread_low", "thread_high"),
     Column("ratio", "÷ native", "ratio_low", "ratio_high"),
     Column("instructions_ratio", "instructions ÷ native"),
+    Column("instructions_agree_pct", "instruction runs agree to %"),
     Column("syncs_per_step", "host syncs/step"),
     Column("placed_share", "profile places"),
     Column("rounds", "rounds"),
@@ -664,8 +665,9 @@ def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
               "random order balanced over the rounds; a round's figure per arm is its mean µs per steady-state step, "
               "the cell's is the median of the per-round differences (adapter − native) with a bootstrap 95% CI over "
               "rounds. The verdict clock is wall time where its CI half-width meets max(5 µs, 2% of the native step), "
-              "else the instruction count (callgrind, main thread, two runs, CI over rounds) where the cell has "
-              "one: the sign and size of the difference in instructions then decide, and its conversion to µs at "
+              "else the instruction count (callgrind, main thread, two runs, CI over rounds; \"runs agree to\" is "
+              "the worse arm's (max − min) / mean of the runs' per-step counts) where the cell has one: the sign "
+              "and size of the difference in instructions then decide, and its conversion to µs at "
               "native's µs per instruction is an estimate without a CI (an adapter's instructions need not cost "
               "what native's do). The µs figure is always the wall clock's; the main-thread CPU clock is beside it. "
               "Host syncs are the reads that would "

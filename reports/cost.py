@@ -556,6 +556,8 @@ def paired_table_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
             "ratio_high": ratio.get("high"),
             "rounds": row.get("rounds"),
             "instructions_ratio": (row.get("instructions_ratio") or {}).get("value"),
+            "instructions_agree_pct": (None if row.get("instructions_repeatability") is None
+                                       else 100 * row["instructions_repeatability"]),
             "syncs_per_step": row.get("syncs_per_step"),
             "placed_share": row.get("placed_share"),
             "error": row.get("error"),
