@@ -206,7 +206,7 @@ def _defaults(summary: AdapterSummary, tables: dict[str, Table]) -> None:
 PREFERRED_TASKS = ("digits",)
 
 
-LIBRARY_STARTUP = "Library start-up (import, set-up, first step; torch and the task's data modules already loaded)"
+LIBRARY_STARTUP = "Library start-up (import, set-up, first step; torch, data preloaded)"
 
 
 def _startup_figure(row: dict[str, Any]) -> tuple[str, str] | None:
