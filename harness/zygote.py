@@ -1,9 +1,11 @@
 """A preloaded worker zygote: import torch once, fork a fresh worker per spec (the forkserver pattern).
 
 A fresh ``python -m harness.worker`` spends seconds importing torch before it reads its spec, and
-the next spec pays it again. The zygote is one process per interpreter and environment that
-imports what every worker imports at its top (torch, NumPy, the harness's worker modules) and
-nothing that runs compute or starts a thread, then waits. For each spec it forks a child that
+the next spec pays it again. The zygote is one process per interpreter, environment and preload
+that imports what every worker imports at its top (torch, NumPy, the harness's worker modules),
+plus the ``--preload`` modules its specs' workers import anyway whatever their library
+(``harness.runner.preload_for``: torch's compiler stack, the task's data modules), and nothing that
+runs compute or starts a thread, then waits. For each spec it forks a child that
 becomes the worker a fresh process would be at that point — its own session and process group,
 the runner's environment, arguments, working folder and output file — and calls the same
 ``harness.worker.main``. The child imports its library, builds its job and trains; the zygote
@@ -15,8 +17,9 @@ What a fork inherits that a fresh interpreter would not have is dealt with here:
 
 - Thread pools. Threads do not survive ``fork``, and a pool that believes it has threads hangs
   the child (GNU OpenMP is the classic case). The zygote never calls into OpenMP (no compute,
-  not even ``torch.get_num_threads``), imports NumPy's OpenBLAS with ``OPENBLAS_NUM_THREADS=1``
-  so it starts no pool, and before every fork checks that it has exactly one thread and that
+  not even ``torch.get_num_threads``), loads NumPy's (and a preloaded SciPy's) OpenBLAS with
+  ``OPENBLAS_NUM_THREADS=1`` so it starts no pool, and pyarrow's jemalloc without its background
+  purge thread (``ZYGOTE_ONLY_ENV``), and before every fork checks that it has exactly one thread and that
   CUDA is not initialised; otherwise it refuses and the runner uses a fresh process. The child
   gives OpenBLAS the thread count a fresh process gets, measured once in a throwaway interpreter
   with the runner's environment.
@@ -26,6 +29,10 @@ What a fork inherits that a fresh interpreter would not have is dealt with here:
   them before building anything anyway.
 - Import caches (``importlib.invalidate_caches``), so a module written after the zygote started
   is found.
+- The environment. The child takes the runner's environment, then sets again what the preloaded
+  imports changed in the zygote's (scikit-learn's and joblib's ``KMP_*`` defaults), as those
+  imports would have in a fresh worker. Names the zygote alone sets (``ZYGOTE_ONLY_ENV``) go back to
+  the runner's values.
 - Exit. The child flushes Python's and C's output buffers, runs the ``atexit`` handlers and
   leaves with ``os._exit``: the zygote's own loop must not resume in it. Interpreter teardown is
   skipped, which only frees memory.
