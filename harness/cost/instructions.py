@@ -86,6 +86,11 @@ class InstructionProtocol:
     runs' remaining disagreement was glibc malloc's (``malloc_tunables``)."""
     steps: int = 25
     warmup: int = 5
+    warm_rounds: int = 1
+    """Fits of each arm per cell run first, outside any window (collection off): the process's and the
+    cell's first fits pay one-off costs (first calls, caches, the allocator's first fill) that would
+    otherwise land on whichever arm the first round runs first: 0.3-0.45% of an A/A cell's step with
+    2 rounds (``tests/harness/test_cost_instructions.py``)."""
     threads: int = 1
     order_seed: int = 0
     runs: int = 2
@@ -170,6 +175,9 @@ def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -
             continue
         window = protocol.steps - protocol.warmup
         try:
+            for _ in range(protocol.warm_rounds):
+                for arm in ("native", "adapter"):
+                    arms.fit(arm)  # no window hooks: nothing is collected
             for index, order in enumerate(balanced_orders(protocol.rounds, protocol.order_seed)):
                 for arm in order:
                     labels = {"cell_id": key, "round": index, "arm": arm, "order": list(order), "steps": window}
