@@ -70,12 +70,16 @@ def verdict(paired: dict[str, Any] | None, instructions: dict[str, Any] | None) 
     return {"clock": None, "reason": "not measured"}
 
 
+def worst_spread(instructions: dict[str, Any]) -> float | None:
+    """The worse arm's run-to-run spread of instructions per step ((max − min) / mean), or None."""
+    spread = (instructions.get("summary") or {}).get("repeatability") or {}
+    return max((spread[arm] for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
+
+
 def _repeats(instructions: dict[str, Any]) -> str:
     """How well the instruction count repeated between the pass's runs, in words."""
-    summary = instructions.get("summary") or {}
-    spread = summary.get("repeatability") or {}
-    worst = max((spread.get(arm) for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
-    runs = summary.get("runs") or 0
+    worst = worst_spread(instructions)
+    runs = (instructions.get("summary") or {}).get("runs") or 0
     if worst is None or runs < 2:
         return "one run: repeatability not measured"
     return f"{runs} runs agree to {worst * 100:.2g}% per arm"
@@ -137,9 +141,7 @@ def overhead_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             row["adapter_instructions"] = s["adapter_per_step"]
             row["instructions_difference"] = s["difference"]
             row["instructions_ratio"] = s["ratio"]
-            repeat = s["repeatability"]
-            spreads = [v for v in (repeat.get("native"), repeat.get("adapter")) if v is not None]
-            row["instructions_repeatability"] = max(spreads) if spreads else None
+            row["instructions_repeatability"] = worst_spread(i)
             row["instructions_runs"] = s["runs"]
             row["instructions_estimate_us"] = _estimate_us(p, i)
         row["verdict"] = verdict(p, i)
