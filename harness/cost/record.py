@@ -113,9 +113,9 @@ def publishable(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_counts(protocol: Any, what: str, *, text: tuple[str, ...] = ()) -> None:
-    """Every field of a protocol dataclass but those named in ``text`` (which must be strings) is a
-    non-negative integer; raise SpecError naming the first that is not."""
+def check_counts(protocol: Any, what: str, *, text: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> None:
+    """Every field of a protocol dataclass but those named in ``text`` (which must be strings) and
+    ``flags`` (booleans) is a non-negative integer; raise SpecError naming the first that is not."""
     from dataclasses import fields
 
     from harness.spec import SpecError
@@ -125,6 +125,10 @@ def check_counts(protocol: Any, what: str, *, text: tuple[str, ...] = ()) -> Non
         if item.name in text:
             if not isinstance(value, str):
                 raise SpecError(f"{what} {item.name} must be a string, got {value!r}")
+            continue
+        if item.name in flags:
+            if not isinstance(value, bool):
+                raise SpecError(f"{what} {item.name} must be true or false, got {value!r}")
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{what} {item.name} must be a non-negative integer, got {value!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,56 @@ STEPS_SCRIPT = textwrap.dedent(
         for _ in range(10):
             planted(extra)
         log.end(cell_id=cell, round=0, arm="native", order=["native"], steps=10)
+    """
+)
+
+
+CELLS_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import signal
+    import sys
+
+    from harness.cost.instructions import WindowLog, run_cells
+    from harness.cost.valgrind import client
+
+    requests = client()
+    log = WindowLog(requests, sys.argv[1])
+    HOOKS = []  # a library's global registry: every step calls what is in it
+
+    def step():
+        total = 0
+        for i in range(2000):
+            total += i * i
+        for hook in HOOKS:
+            hook()
+
+    def fit(leak, window, labels):
+        if leak:
+            HOOKS.extend([lambda: None] * 300)  # left behind after the fit, as global state is
+        for _ in range(3):
+            step()
+        if window:
+            log.start()
+        for _ in range(10):
+            step()
+        if window:
+            log.end(steps=10, **labels)
+
+    def cell(key, leak=False, crash=False):
+        def measure():
+            fit(leak, False, {})  # the warm fit
+            for index in range(2):
+                fit(leak, True, {"cell_id": key, "round": index, "arm": "native", "order": ["native"]})
+                if crash:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return key, measure
+
+    requests.start_instrumentation()
+    run_cells([cell("fork/first"), cell("fork/leaky", leak=True), cell("fork/crashes", crash=True),
+               cell("fork/after")], log, fork=True)
+    run_cells([cell("one/first"), cell("one/leaky", leak=True), cell("one/after")], log, fork=False)
+    log.write({"event": "done"})
     """
 )
 
@@ -142,6 +193,43 @@ def test_windows_give_zero_for_a_a_and_recover_planted_work_exactly(tmp_path, va
     # step or alone, are the same instructions.
     assert planted["value"] == pytest.approx(alone, rel=0.02), (planted, alone)
     assert twice["value"] - planted["value"] == pytest.approx(alone_twice - alone, rel=1e-3)
+
+
+def test_each_cell_starts_from_the_same_state_whatever_ran_before_it(tmp_path, valgrind):
+    """Forked per cell, a cell after one that leaves global state behind counts what the first cell
+    counts; in one process (``fork=False``) the leak lands in the next cell. A cell whose process
+    dies is reported failed with how it ended, its finished windows are kept, and the next cell is
+    still measured."""
+    script = tmp_path / "cells.py"
+    script.write_text(CELLS_SCRIPT)
+    run = Run(1, tmp_path / "run")
+    run.folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
+    run.process = subprocess.Popen(
+        [*valgrind_options(run.folder), sys.executable, str(script), str(run.log)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = run.process.communicate(timeout=300)
+    assert run.process.returncode == 0, stderr.decode()[-2000:]
+    cells = collect(run)
+    assert "was killed by SIGKILL" in cells["fork/crashes"]["failed"]
+    per_step = {
+        key: [cell["rounds"][i]["native"]["per_step"] for i in sorted(cell["rounds"])] for key, cell in cells.items()
+    }
+    assert len(per_step["fork/crashes"]) == 1 and len(per_step["fork/after"]) == 2
+
+    def mean(key):
+        return sum(per_step[key]) / len(per_step[key])
+
+    first = mean("fork/first")
+    for key in ("fork/after", "fork/crashes"):  # both after the leaky cell, and neither inherits its hooks
+        assert abs(mean(key) - first) / first < 1e-4, (key, first, mean(key))
+    # The leak is real, and in one process the next cell inherits it: the leaky cell's 900 hooks cost
+    # each later step 900 calls, tens of thousands of instructions.
+    assert mean("one/after") - mean("one/first") > 20_000
+    assert per_step["fork/leaky"][1] - per_step["fork/leaky"][0] > 20_000  # within a cell, the leak is the cell's
 
 
 @pytest.mark.slow
