@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--verify", type=Path, metavar="REPORT_DIR",
                         help="recompute a written report's tables and id from its raw.json: exit 0 if they match, "
                              "1 (listing what differs) if not; reads no tracking store")
+    report.add_argument("--rebuild", type=Path, metavar="REPORT_DIR",
+                        help="a new report from a written report's raw.json with the cost records of "
+                             "--cost-records replacing those of the same kind and cell; reads no tracking store")
+    report.add_argument("--cost-records", type=Path, metavar="DIR",
+                        help="with --rebuild: a `bakeoff cost` results folder (its *.json records)")
     _add_tracking_option(report)
 
     compare = commands.add_parser(
@@ -628,11 +633,55 @@ def command_ingest(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from reports.source import Selection
 
+    if args.verify is not None and args.rebuild is not None:
+        raise UsageError("--verify and --rebuild are alternatives: give one")
+    if (args.rebuild is None) != (args.cost_records is None):
+        raise UsageError("--rebuild REPORT_DIR and --cost-records DIR go together")
     if args.verify is not None:
         return _verify_report(args.verify)
+    if args.rebuild is not None:
+        return _rebuild_report(args.rebuild, args.cost_records, args.out)
     uri = _tracking_uri(args)
     suite = None if (args.experiment or args.run_id) else (args.suite or "quick")
     _write_report(uri, Selection(suite=suite, experiment=args.experiment, run_id=args.run_id), args.out)
+    return EXIT_OK
+
+
+def _report_folder(folder: Path, option: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file; {option} takes a report folder (the one holding report.json)")
+    if not folder.is_dir():
+        raise UsageError(f"no such report folder: {folder}")
+    missing = [name for name in ("raw.json", "report.json") if not (folder / name).is_file()]
+    if missing:
+        raise UsageError(f"{folder} is not a complete report folder: {' and '.join(missing)} missing")
+
+
+def _rebuild_report(folder: Path, records_folder: Path, out: Path | None) -> int:
+    """``report --rebuild``: the written report's runs with cost records measured again."""
+    from harness.cost.record import read_folder
+    from reports.build import default_out, rebuild_report, write_report
+
+    _report_folder(folder, "--rebuild")
+    if not records_folder.is_dir():
+        raise UsageError(f"no such cost records folder: {records_folder}")
+    records, problems = read_folder(records_folder)
+    if problems:
+        raise UsageError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    if not records:
+        raise UsageError(f"no cost records in {records_folder} (a `bakeoff cost` results folder holds *.json records)")
+    root = out if out is not None else default_out()
+    _check_writable_folder(root, "--out" if out is not None else "the report folder")
+    try:
+        report = rebuild_report(folder, records)
+    except ValueError as error:
+        raise UsageError(f"{folder}: {error}") from None
+    try:
+        written = write_report(report, root)
+    except OSError as error:
+        raise UsageError(f"cannot write the report under {root}: {error.strerror or error}") from None
+    print(f"report {report.report_id} (rebuilt from {folder.name} with {len(records)} cost records), "
+          f"runs {report.counts_line}: {written / 'report.html'}")
     return EXIT_OK
 
 
@@ -640,13 +689,7 @@ def _verify_report(folder: Path) -> int:
     """``report --verify``: recompute every file of a report folder from its raw data."""
     from reports.build import verify_report
 
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} is a file; --verify takes a report folder (the one holding report.json)")
-    if not folder.is_dir():
-        raise UsageError(f"no such report folder: {folder}")
-    missing = [name for name in ("raw.json", "report.json") if not (folder / name).is_file()]
-    if missing:
-        raise UsageError(f"{folder} is not a complete report folder: {' and '.join(missing)} missing")
+    _report_folder(folder, "--verify")
     report_id, problems = verify_report(folder)
     if problems:
         print(f"report {report_id} in {folder} does NOT match its raw data:")

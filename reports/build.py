@@ -410,6 +410,10 @@ def assemble(
         source += f", {len(origin['run_ids'])} runs of one bench invocation"
     else:
         source += " (newest run per spec)"
+    if origin.get("rebuilt_from"):
+        rebuilt = origin["rebuilt_from"]
+        source += (f"; rebuilt from report {rebuilt.get('report_id')}'s raw data with "
+                   f"{rebuilt.get('cost_records_replaced')} cost records measured again")
     report_id = content_id(frame, run_records, derived, tasks, settings, claims, cost)
     report = Report(
         report_id=report_id,
@@ -489,22 +493,58 @@ def _first_difference(saved: Any, rebuilt: Any, where: str) -> str | None:
     return None if saved == rebuilt else f"{where}: saved {saved!r}, recomputed {rebuilt!r}"
 
 
-def verify_report(folder: Path) -> tuple[str | None, list[str]]:
-    """Recompute a written report from its ``raw.json``: (report id, problems); no problems means it matches."""
-    folder = Path(folder)
+def _read_written(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A written report's ``raw.json`` and ``report.json``; ValueError with one line when unreadable."""
     try:
         raw = json.loads((folder / "raw.json").read_text(encoding="utf-8"))
         saved = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        return None, [f"cannot read the report's raw data: {error}"]
+        raise ValueError(f"cannot read the report's raw data: {error}") from None
     if raw.get("schema") != RAW_SCHEMA:
-        return saved.get("report_id"), [f"raw.json schema {raw.get('schema')!r} is not {RAW_SCHEMA!r}"]
+        raise ValueError(f"raw.json schema {raw.get('schema')!r} is not {RAW_SCHEMA!r}")
+    return raw, saved
+
+
+def _from_raw(raw: dict[str, Any], *, origin: dict[str, Any] | None = None, cost: list[dict[str, Any]] | None = None,
+              generated_at: str | None = None, with_figures: bool = False) -> Report:
+    run_records = [RunRecord.from_dict(r) for r in raw["runs"]]
+    return assemble(run_records, raw["origin"] if origin is None else origin, tasks=raw["tasks"],
+                    claims=raw.get("claims", []), cost=raw.get("cost") if cost is None else cost,
+                    samples=int(raw["settings"]["bootstrap_samples"]),
+                    generated_at=generated_at, with_figures=with_figures)
+
+
+def rebuild_report(folder: Path, cost: list[dict[str, Any]]) -> Report:
+    """A new report from a written report's raw data, its cost records replaced by ``cost`` where they
+    measured the same thing (kind and cell or library; the others stay): for cost measured again
+    after the runs, whose store may be gone. Reads no tracking store; the source line says so."""
+    from harness.cost.record import key_of
+
+    raw, saved = _read_written(Path(folder))
+    replaced = {key_of(record) for record in cost}
+    kept = [record for record in raw.get("cost") or [] if key_of(record) not in replaced]
+    origin = {**raw["origin"], "rebuilt_from": {"report_id": saved.get("report_id"),
+                                                 "cost_records_replaced": len(replaced)}}
     try:
-        run_records = [RunRecord.from_dict(r) for r in raw["runs"]]
-        rebuilt = assemble(run_records, raw["origin"], tasks=raw["tasks"], claims=raw.get("claims", []),
-                           cost=raw.get("cost"),
-                           samples=int(raw["settings"]["bootstrap_samples"]),
-                           generated_at=saved.get("generated_at"), with_figures=False)
+        return _from_raw(raw, origin=origin, cost=kept + list(cost), with_figures=True)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"raw.json cannot be rebuilt into a report ({type(error).__name__}: {error})") from None
+
+
+def verify_report(folder: Path) -> tuple[str | None, list[str]]:
+    """Recompute a written report from its ``raw.json``: (report id, problems); no problems means it matches."""
+    folder = Path(folder)
+    try:
+        raw, saved = _read_written(folder)
+    except ValueError as error:
+        saved_id = None
+        try:
+            saved_id = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("report_id")
+        except (OSError, json.JSONDecodeError):
+            pass
+        return saved_id, [str(error)]
+    try:
+        rebuilt = _from_raw(raw, generated_at=saved.get("generated_at"))
     except (KeyError, TypeError, ValueError) as error:
         return saved.get("report_id"), [f"raw.json cannot be rebuilt into a report ({type(error).__name__}: {error})"]
     problems = []

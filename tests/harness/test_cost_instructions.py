@@ -151,6 +151,31 @@ def test_every_run_gets_the_repeatable_allocator_on_top_of_the_callers_tunables(
     assert all("GLIBC_TUNABLES" not in env for env in launched)  # "" = glibc's own defaults
 
 
+def test_the_forking_process_fits_each_distinct_native_and_aligned_arm_once():
+    """Their translations are what every forked cell inherits (a child's die with it); no defaults-mode
+    fit runs there (its clock-timed code would leave a run-dependent state to every cell)."""
+    from harness.cost.instructions import warm_shared_paths
+
+    fitted = []
+
+    class FakeArms:
+        def __init__(self, adapter, mode, width=64):
+            def spec(name):
+                return Spec(task="scaling", adapter=name, mode=mode if name != "native" else "aligned",
+                            batch_size=32, steps=25, lr=0.05, options={"width": width})
+            self.specs = {"native": spec("native"), "adapter": spec(adapter)}
+
+        def fit(self, arm, **hooks):
+            assert not hooks  # no windows: nothing collected
+            spec = self.specs[arm]
+            fitted.append((spec.adapter, spec.mode, spec.options["width"]))
+
+    warm_shared_paths([FakeArms("native", "aligned"), FakeArms("lightning", "aligned"), FakeArms("fastai", "defaults"),
+                       FakeArms("lightning", "defaults"), FakeArms("keras", "aligned", width=16)])
+    assert fitted == [("native", "aligned", 64), ("lightning", "aligned", 64), ("native", "aligned", 16),
+                      ("keras", "aligned", 16)]
+
+
 @pytest.fixture
 def valgrind():
     if shutil.which("valgrind") is None:  # `make test-deps` installs it

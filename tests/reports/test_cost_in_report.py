@@ -68,8 +68,59 @@ def test_cost_records_land_in_the_report_of_their_experiment_and_verify(tmp_path
     report_id, problems = verify_report(folder)
     assert report_id == report.report_id and problems == []
 
+    _rebuild_with_cost_measured_again(folder, tmp_path, capsys)
+
     # An edited cost figure in the raw data is caught: the tables and the report id no longer match.
     raw["cost"][0]["syncs"]["adapter"]["per_step"] = 1.0
     (folder / "raw.json").write_text(json.dumps(raw))
     _, problems = verify_report(folder)
     assert any("report id" in p for p in problems), problems
+
+
+def _rebuild_with_cost_measured_again(folder, tmp_path, capsys):
+    """``report --rebuild``: the written report's runs, with the cost records of a folder replacing
+    those of the same kind and cell; the others stay; the result verifies and says it was rebuilt."""
+    from harness.cost import record as cost_record
+
+    (measured,) = [cost_record.read(path) for path in sorted((tmp_path / "cost").glob("paired-*.json"))]
+    again = json.loads(json.dumps(measured))
+    again["syncs"]["adapter"]["per_step"] = 3.0  # as if measured again with another result
+    other = json.loads(json.dumps(measured))
+    other["cell_id"] = "0123456789abcdef"  # a cell the report did not have
+    records = tmp_path / "again"
+    records.mkdir()
+    cost_record.write(records / cost_record.file_name("paired", again["cell_id"]), again)
+    out = tmp_path / "rebuilt"
+    assert main(["report", "--rebuild", str(folder), "--cost-records", str(records), "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    (rebuilt,) = list(out.iterdir())
+    assert f"rebuilt from {folder.name} with 1 cost records" in line and rebuilt.name in line
+    raw = json.loads((rebuilt / "raw.json").read_text())
+    assert [r["syncs"]["adapter"]["per_step"] for r in raw["cost"]] == [3.0]  # replaced, not added
+    assert len(raw["runs"]) == len(json.loads((folder / "raw.json").read_text())["runs"])
+    assert rebuilt.name != folder.name  # other cost content, another report id
+    text = (rebuilt / "report.md").read_text()
+    assert f"rebuilt from report {folder.name}'s raw data with 1 cost records measured again" in text
+    assert verify_report(rebuilt)[1] == []
+
+    cost_record.write(records / cost_record.file_name("paired", other["cell_id"]), other)
+    assert main(["report", "--rebuild", str(folder), "--cost-records", str(records), "--out", str(tmp_path / "two")]) == 0
+    capsys.readouterr()
+    (two,) = list((tmp_path / "two").iterdir())
+    assert len(json.loads((two / "raw.json").read_text())["cost"]) == 2  # a new cell joins the one replaced
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, message in (
+        (["--rebuild", str(folder)], "--rebuild REPORT_DIR and --cost-records DIR go together"),
+        (["--rebuild", str(tmp_path / "nope"), "--cost-records", str(records)], "no such report folder"),
+        (["--rebuild", str(folder), "--cost-records", str(empty)], "no cost records in"),
+        (["--rebuild", str(folder), "--verify", str(folder), "--cost-records", str(records)], "alternatives"),
+    ):
+        assert main(["report", *args, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()  # nothing half-written
+    (empty / "paired-broken.json").write_text("{")
+    assert main(["report", "--rebuild", str(folder), "--cost-records", str(empty), "--out", str(tmp_path / "bad")]) == 2
+    assert "not a readable cost record" in capsys.readouterr().err
