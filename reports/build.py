@@ -9,6 +9,7 @@ recompute every table and the id offline.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -538,10 +539,8 @@ def verify_report(folder: Path) -> tuple[str | None, list[str]]:
         raw, saved = _read_written(folder)
     except ValueError as error:
         saved_id = None
-        try:
+        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
             saved_id = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("report_id")
-        except (OSError, json.JSONDecodeError):
-            pass
         return saved_id, [str(error)]
     try:
         rebuilt = _from_raw(raw, generated_at=saved.get("generated_at"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -182,9 +181,10 @@ def valgrind():
         pytest.fail("valgrind is not installed: run `make test-deps` (or apt-get install valgrind)")
 
 
-def test_windows_give_zero_for_a_a_and_recover_planted_work_exactly(tmp_path, valgrind):
-    script = tmp_path / "steps.py"
-    script.write_text(STEPS_SCRIPT)
+def _windows_of(script_text: str, tmp_path: Path) -> dict:
+    """Run a script under the pass's callgrind options; its windows, collected as the pass does."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     run = Run(1, tmp_path / "run")
     run.folder.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
@@ -196,7 +196,11 @@ def test_windows_give_zero_for_a_a_and_recover_planted_work_exactly(tmp_path, va
     )
     _, stderr = run.process.communicate(timeout=300)
     assert run.process.returncode == 0, stderr.decode()[-2000:]
-    cells = collect(run)
+    return collect(run)
+
+
+def test_windows_give_zero_for_a_a_and_recover_planted_work_exactly(tmp_path, valgrind):
+    cells = _windows_of(STEPS_SCRIPT, tmp_path)
     assert set(cells) == {"aa", "planted", "planted-twice", "alone", "alone-twice"}
 
     def arms(cell):
@@ -225,20 +229,7 @@ def test_each_cell_starts_from_the_same_state_whatever_ran_before_it(tmp_path, v
     counts; in one process (``fork=False``) the leak lands in the next cell. A cell whose process
     dies is reported failed with how it ended, its finished windows are kept, and the next cell is
     still measured."""
-    script = tmp_path / "cells.py"
-    script.write_text(CELLS_SCRIPT)
-    run = Run(1, tmp_path / "run")
-    run.folder.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
-    run.process = subprocess.Popen(
-        [*valgrind_options(run.folder), sys.executable, str(script), str(run.log)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _, stderr = run.process.communicate(timeout=300)
-    assert run.process.returncode == 0, stderr.decode()[-2000:]
-    cells = collect(run)
+    cells = _windows_of(CELLS_SCRIPT, tmp_path)
     assert "was killed by SIGKILL" in cells["fork/crashes"]["failed"]
     per_step = {
         key: [cell["rounds"][i]["native"]["per_step"] for i in sorted(cell["rounds"])] for key, cell in cells.items()

@@ -104,7 +104,8 @@ def _rebuild_with_cost_measured_again(folder, tmp_path, capsys):
     assert verify_report(rebuilt)[1] == []
 
     cost_record.write(records / cost_record.file_name("paired", other["cell_id"]), other)
-    assert main(["report", "--rebuild", str(folder), "--cost-records", str(records), "--out", str(tmp_path / "two")]) == 0
+    two_out = tmp_path / "two"
+    assert main(["report", "--rebuild", str(folder), "--cost-records", str(records), "--out", str(two_out)]) == 0
     capsys.readouterr()
     (two,) = list((tmp_path / "two").iterdir())
     assert len(json.loads((two / "raw.json").read_text())["cost"]) == 2  # a new cell joins the one replaced
