@@ -183,15 +183,16 @@ def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -
         cells.append((cell_id(spec), arms, reason))
     log.write({"event": "imported", "on_valgrind": requests.running_on_valgrind()})
     requests.start_instrumentation()
-    measured = []
+    measurable = []
     for key, arms, reason in cells:
         if arms is None or reason:
             log.write({"event": "skipped", "cell_id": key, "reason": reason})
         else:
-            measured.append((key, functools.partial(measure_cell, arms, protocol, log, key)))
+            measurable.append((key, arms))
     if protocol.fork_per_cell:
-        warm_shared_paths([arms for _, arms, reason in cells if arms is not None and not reason])
-    run_cells(measured, log, fork=protocol.fork_per_cell)
+        warm_shared_paths([arms for _, arms in measurable])
+    run_cells([(key, functools.partial(measure_cell, arms, protocol, log, key)) for key, arms in measurable], log,
+              fork=protocol.fork_per_cell)
     log.write({"event": "done"})
     return 0
 
@@ -271,14 +272,8 @@ def _measure_logging_failure(key: str, measure: Callable[[], None], log: WindowL
 
 
 def _ended(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = str(number)
-        return f"was killed by {name}"
-    return f"exited with {os.waitstatus_to_exitcode(status)}"
+    code = os.waitstatus_to_exitcode(status)
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
 
 
 # --------------------------------------------------------------------------- orchestrator
