@@ -7,7 +7,9 @@ Lightning's own options, as a Lightning user would write it:
 - precision: ``Trainer(precision="32-true" | "bf16-mixed" | "16-mixed")``. On CPU Lightning
   replaces ``"16-mixed"`` with ``"bf16-mixed"`` (a warning from its accelerator connector), so
   fp16 on CPU goes through Lightning's documented plugin route instead:
-  ``plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]``;
+  ``plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]``. Where Lightning
+  turns autocast's weight cache off (2.6+), ``aligned`` passes ``plugins=[CachedAutocast(...)]``,
+  its ``MixedPrecision`` with the cache on as the native loop has it (:class:`CachedAutocast`);
 - compile: ``trainer.fit(torch.compile(module))``, as Lightning's docs show; Lightning unwraps
   the ``OptimizedModule`` and compiles the module's ``forward`` and ``training_step``;
 - DDP: ``strategy="ddp"`` under torchrun. Lightning detects torchrun through its
@@ -52,6 +54,26 @@ try:  # Lightning >= 2.1 (2.4's plugins.precision exports only this name)
     from lightning.pytorch.plugins.precision import MixedPrecision
 except ImportError:  # Lightning 2.0 (lightning@2.0.x) knows the same plugin only by its old name
     from lightning.pytorch.plugins.precision import MixedPrecisionPlugin as MixedPrecision
+
+
+class CachedAutocast(MixedPrecision):
+    """Lightning's autocast plugin with autocast's weight cache on, as the native loop runs it.
+
+    Lightning 2.6.0 made ``MixedPrecision.autocast_context_manager`` pass ``cache_enabled=False``
+    (a workaround for stale casts after a ``torch.no_grad()`` nested in a step; Lightning's own
+    later fix, PR #21616, puts the cached path back for step execution). Uncached, a weight used
+    twice in one forward pass (a recurrent cell) is cast at every use and its gradient summed over
+    the uses in fp32, where the native loop casts it once: the same math with other rounding, and
+    under AdamW a rounding-sized difference in a near-zero gradient moves that weight by up to one
+    learning rate per step, which no declared tolerance for rounding covers (notes/issue-16.md).
+    Aligned mode hands the Trainer this plugin, through ``plugins=``, the way Lightning users swap
+    a precision plugin; ``defaults`` keeps Lightning's own.
+    """
+
+    def autocast_context_manager(self) -> torch.autocast:
+        dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.half
+        return torch.autocast(self.device, dtype=dtype, cache_enabled=True)
+
 
 # The harness's precision names → Lightning's own ``Trainer(precision=...)`` values.
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16-mixed": "bf16-mixed", "fp16-mixed": "16-mixed"}
@@ -161,20 +183,15 @@ class LightningAdapter(Adapter):
     def expected_parity(self, request: Request) -> str:
         if request.compile:
             return self.compiled_parity(request)
-        # Measured on CPU (notes/issue-4.md, notes/issue-17.md): aligned runs are bitwise equal to
-        # native in fp32 and bf16-mixed, single process and 2-rank gloo DDP, with and without
-        # accumulation, on every model family but one. Lightning's autocast region (training_step:
-        # forward + loss) and its loss / k are the native loop's. fp16-mixed (CUDA only) adds a
-        # GradScaler whose unscale_ Lightning calls before step(); scaler.step() would do the same
-        # unscale, so it is declared bitwise as well.
-        # The exception: from 2.6.0 Lightning enters autocast with cache_enabled=False, so a weight
-        # a model reuses within one forward pass (a recurrent cell) is cast at every use and its
-        # gradient summed over the uses in fp32, where native casts it once and sums in bf16. Same
-        # math, other rounding: close (measured close up to 150 steps on families[recurrent]).
+        # Measured on CPU (notes/issue-4.md, notes/issue-17.md, notes/issue-16.md): aligned runs are
+        # bitwise equal to native in fp32 and bf16-mixed, single process and 2-rank gloo DDP, with and
+        # without accumulation, on every model family. Lightning's autocast region (training_step:
+        # forward + loss) and its loss / k are the native loop's; where this Lightning turns
+        # autocast's weight cache off (2.6+), aligned mode puts it back (:class:`CachedAutocast`).
+        # fp16-mixed (CUDA only) adds a GradScaler whose unscale_ Lightning calls before step();
+        # scaler.step() would do the same unscale, so it is declared bitwise as well.
         if request.mode != "aligned":
             return "not-comparable"
-        if request.precision != "fp32" and "weight-reuse" in request.traits and self.recasts_reused_weights():
-            return "close"
         return "bitwise"
 
     def recasts_reused_weights(self) -> bool:
@@ -198,13 +215,25 @@ class LightningAdapter(Adapter):
         warning); the plugin with a CPU GradScaler is what fp16 on CPU takes in Lightning.
         """
         options = trainer_options(job, LIGHTNING_PRECISION[job.precision.name])
+        mixed = job.precision.name != "fp32"
+        cached = mixed and job.mode == "aligned" and self.recasts_reused_weights()
+        plugin = CachedAutocast if cached else MixedPrecision
         if job.precision.name == "fp16-mixed" and job.device.type == "cpu":
             job.notes["precision_route"] = (
-                "plugins=[MixedPrecision('16-mixed', 'cpu', GradScaler('cpu'))]: Trainer(precision='16-mixed') "
+                f"plugins=[{plugin.__name__}('16-mixed', 'cpu', GradScaler('cpu'))]: Trainer(precision='16-mixed') "
                 "on CPU would be replaced by 'bf16-mixed' (Lightning's accelerator connector warns and swaps)"
             )
             del options["precision"]
-            options["plugins"] = [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]
+            options["plugins"] = [plugin("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]
+        elif cached:
+            job.notes["precision_route"] = (
+                f"plugins=[CachedAutocast({options['precision']!r}, {job.device.type!r}"
+                + (", GradScaler)" if job.precision.name == "fp16-mixed" else ")")
+                + "]: Lightning's MixedPrecision with autocast's weight cache on, as the native loop has it "
+                "(this Lightning turns it off; a weight reused in one forward pass would be cast at every use)"
+            )
+            scaler = torch.amp.GradScaler(job.device.type) if job.precision.name == "fp16-mixed" else None
+            options["plugins"] = [CachedAutocast(options.pop("precision"), job.device.type, scaler)]
         return options
 
     def fit(self, job: Job):

@@ -65,7 +65,8 @@ def describe_precision(trainer, library: str) -> str:
     plugin = trainer.precision_plugin
     name = type(plugin).__name__
     precision = getattr(plugin, "precision", "?")
-    if name in ("MixedPrecision", "MixedPrecisionPlugin"):  # Lightning 2.x / 1.9 names of the autocast plugin
+    # Lightning 2.x / 1.9 names of the autocast plugin, and the lightning adapter's aligned-mode subclass
+    if name in ("MixedPrecision", "MixedPrecisionPlugin", "CachedAutocast"):
         autocast = step_autocast(plugin)
         scaler = "GradScaler" if getattr(plugin, "scaler", None) is not None else "no GradScaler"
         return (
