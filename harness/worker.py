@@ -317,8 +317,23 @@ class Terminated(Exception):
     """SIGTERM arrived (timeout, or torchrun stopping the job because another rank failed)."""
 
 
+# While the worker trains, SIGTERM raises Terminated and the run ends as a failed result with what
+# it recorded. Once it is writing a result up (handling a failure, in `run`'s finally, writing the
+# file), a SIGTERM only returns: raising there would lose the result being written. That is the
+# race a killed DDP peer sets up: gloo reports the dead socket to rank 0 first, and torchrun's
+# SIGTERM follows while rank 0 is handling that error.
+_writing_up = False
+
+
 def _terminate(signum, frame) -> None:
+    if _writing_up:
+        return
     raise Terminated(f"terminated by {signal.Signals(signum).name} (timeout, or another rank failed)")
+
+
+def _write_up(now: bool = True) -> None:
+    global _writing_up
+    _writing_up = now
 
 
 def adapter_record(adapter: Adapter) -> dict[str, Any]:
@@ -494,6 +509,7 @@ def run(
     job: Job | None = None
     audit: PrecisionAudit | None = None
     compiles_tracked = False
+    _write_up(False)
     try:
         check_thread_layout(spec)
         set_determinism(spec.seed, rank=context.rank, deterministic=spec.deterministic)
@@ -603,9 +619,11 @@ def run(
                 result["weights_file"] = path.name
             utilisation_figures(spec, job, result)
     except Unsupported as reason:
+        _write_up()
         result["status"] = "unsupported"
         result["error"] = str(reason)
     except BaseException as error:
+        _write_up()
         result["status"] = "failed"
         result["error"] = f"{type(error).__name__}: {error}".strip()
         result["traceback"] = traceback.format_exc()[-4000:]
@@ -617,6 +635,7 @@ def run(
         except Exception:
             pass
     finally:
+        _write_up()
         probe.stop_tracking_compiles()
         if audit is not None:
             audit.detach()

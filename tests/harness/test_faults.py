@@ -82,6 +82,35 @@ def test_a_killed_ddp_rank_fails_the_run_with_rank0s_partial_trajectory(tmp_path
     assert_failed_run(read_result(tmp_path / f"{spec.spec_id}.json"), tmp_path, fault_store)
 
 
+def test_a_sigterm_while_a_failure_is_written_up_does_not_lose_the_result(inline, monkeypatch):
+    """The race behind a killed DDP peer: gloo's error reaches rank 0 first and torchrun's SIGTERM
+    lands while rank 0 handles it. The result that error makes must still be the one written."""
+    from harness import worker
+
+    capture = worker.environment.capture
+
+    def capture_then_sigterm(*args, **kwargs):  # called in the worker's finally, after the failure
+        os.kill(os.getpid(), signal.SIGTERM)
+        return capture(*args, **kwargs)
+
+    monkeypatch.setattr(worker.environment, "capture", capture_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, worker._terminate)  # what the worker's main installs
+    try:
+        spec = small_spec(adapter="fault-oom", steps=6)
+        result = inline(spec)
+        # Outside a write-up (training), the same handler still raises: that is the timeout's stop.
+        worker._write_up(False)
+        with pytest.raises(worker.Terminated, match="terminated by SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs at the next bytecode boundary, at the latest here
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result["status"] == "failed"
+    assert "OutOfMemoryError: simulated" in result["error"]
+    assert len(result["trajectory"]["losses"]) == 2
+    assert read_result(inline.results_dir / f"{spec.spec_id}.json")["error"] == result["error"]
+
+
 @pytest.mark.parametrize(
     ("adapter", "message"),
     [
