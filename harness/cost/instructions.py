@@ -15,6 +15,8 @@ alternation of :mod:`harness.cost.paired` runs again under ``valgrind --tool=cal
   progress-bar monitor or the orchestrator watch waking elsewhere does not land in the figure);
 - ``PYTHONHASHSEED`` is fixed, so dict and set orders — and with them the instructions — repeat;
   two such processes (run concurrently, one per core) show how well the figures repeat;
+- the worker's Python-level entropy is a fixed stream (:mod:`harness.cost.entropy`), drawn from
+  before any library is imported: what a library draws unseeded repeats too;
 - each cell runs in a child forked from the worker once everything is imported and instrumented
   (``InstructionProtocol.fork_per_cell``), so every cell starts from the same process state and its
   figures do not depend on which cells ran before it.
@@ -52,6 +54,7 @@ from harness import environment
 from harness.cost import callgrind
 from harness.cost import record as cost_record
 from harness.cost.analysis import balanced_orders, instruction_summary, relative_spread
+from harness.cost.entropy import pin_entropy
 from harness.cost.paired import Arms, arm_specs, cell_description, cell_id
 from harness.cost.valgrind import client, instrumentation_can_start
 from harness.environment import REPO_ROOT
@@ -99,7 +102,7 @@ class InstructionProtocol:
     runs: int = 2
     """Independent valgrind processes over the same plan (repeatability)."""
     hash_seed: int = 0
-    """PYTHONHASHSEED of every run."""
+    """PYTHONHASHSEED of every run, and the seed of its fixed entropy stream (``harness.cost.entropy``)."""
     malloc_tunables: str = MALLOC_TUNABLES
     """``GLIBC_TUNABLES`` of every run ("" for glibc's defaults): see ``MALLOC_TUNABLES``."""
     fork_per_cell: bool = True
@@ -169,6 +172,7 @@ def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -
     requests = client()
 
     protocol = InstructionProtocol(**plan["protocol"])
+    pin_entropy(protocol.hash_seed)  # before the cells' libraries are imported: see harness.cost.entropy
     torch.set_num_threads(protocol.threads)
     log = WindowLog(requests, log_path)
     workroot = Path(workroot or plan["workroot"])
