@@ -502,7 +502,7 @@ def cell_record(
             "tool": "callgrind",
             "counted": "Ir, main thread",
             "malloc_tunables": protocol.malloc_tunables or None,
-            "entropy": f"Python-level sources pinned to a fixed stream (seed {protocol.hash_seed}, harness.cost.entropy)",
+            "entropy": f"Python-level sources pinned (seed {protocol.hash_seed}, harness.cost.entropy)",
         },
     }
     per_run = []
