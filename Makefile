@@ -21,7 +21,7 @@ help:
 	@echo "make bench-check  per-step micro-benchmarks of every adapter vs the committed baseline (exit 1 on regression)"
 	@echo "make overhead  the harness's own instrumentation cost: native+probe vs a bare loop"
 	@echo "make cost      paired in-process cost of every main adapter (wall + thread clocks, syncs, attribution, imports; <= 10 min)"
-	@echo "make cost-instructions  the same cells under callgrind: instructions per step, two runs (about 24 min quiet on 2 cores)"
+	@echo "make cost-instructions  the same cells under callgrind: instructions per step, two runs (9-24 min quiet on 2 cores, by CPU)"
 	@echo "make envs      build the isolated environments the standard suite uses (Flash ~1-2 min, ~180 MB; Lightning 2.1.4 ~5 s)"
 	@echo "make golden    regenerate the golden native trajectories (only when a change is meant to alter them)"
 	@echo "make test-deep the slow tests and the deep hypothesis profile"
