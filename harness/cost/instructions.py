@@ -17,6 +17,9 @@ alternation of :mod:`harness.cost.paired` runs again under ``valgrind --tool=cal
   two such processes (run concurrently, one per core) show how well the figures repeat;
 - the worker's Python-level entropy is a fixed stream (:mod:`harness.cost.entropy`), drawn from
   before any library is imported: what a library draws unseeded repeats too;
+- the worker runs from a stage (:mod:`harness.cost.surroundings`): a folder of links to the
+  project's packages, fixed-length paths and a reduced environment, so what lies around the
+  repository or which shell started the pass does not move the counts;
 - each cell runs in a child forked from the worker once everything is imported and instrumented
   (``InstructionProtocol.fork_per_cell``), so every cell starts from the same process state and its
   figures do not depend on which cells ran before it.
@@ -56,6 +59,7 @@ from harness.cost import record as cost_record
 from harness.cost.analysis import balanced_orders, instruction_summary, relative_spread
 from harness.cost.entropy import pin_entropy
 from harness.cost.paired import Arms, arm_specs, cell_description, cell_id
+from harness.cost.surroundings import STAGED, Stage, counting_environment
 from harness.cost.valgrind import client, instrumentation_can_start
 from harness.environment import REPO_ROOT
 from harness.process import die_with_parent
@@ -296,9 +300,9 @@ def valgrind_options(out_dir: Path) -> list[str]:
     ]
 
 
-def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path) -> list[str]:
-    """The worker under callgrind; its fits' scratch folders live in its own run folder, since runs
-    go side by side and their folder names are the same on purpose (deterministic)."""
+def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path, workroot: Path) -> list[str]:
+    """The worker under callgrind; each run's fits get their own scratch folder, since runs go side by
+    side and their folder names are the same on purpose (deterministic)."""
     return [
         *valgrind_options(out_dir),
         python,
@@ -310,7 +314,7 @@ def valgrind_command(out_dir: Path, python: str, plan_path: Path, log_path: Path
         "--log",
         str(log_path),
         "--workroot",
-        str(out_dir / "work"),
+        str(workroot),
     ]
 
 
@@ -363,13 +367,18 @@ def with_tunables(current: str | None, ours: str) -> str | None:
     return f"{current}:{ours}" if current else ours
 
 
-def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int, malloc_tunables: str = "") -> None:
+def prepare_folders(runs: Sequence[Run]) -> None:
     for run in runs:
         if run.folder.exists():
             shutil.rmtree(run.folder)
         run.folder.mkdir(parents=True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+
+
+def launch(runs: Sequence[Run], stage: Stage, *, python: str, hash_seed: int, malloc_tunables: str = "") -> None:
+    """Start each run's valgrind process in ``stage`` (its folders made by :func:`prepare_folders`)."""
+    valgrind = shutil.which("valgrind") or "valgrind"
+    for run in runs:
+        env = counting_environment(os.environ, repo_root=REPO_ROOT, stage=stage.root, python=python, tools=[valgrind])
         env["PYTHONHASHSEED"] = str(hash_seed)
         tunables = with_tunables(env.get("GLIBC_TUNABLES"), malloc_tunables)
         if tunables:
@@ -377,9 +386,12 @@ def launch(runs: Sequence[Run], plan_path: Path, *, python: str, hash_seed: int,
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("BAKEOFF_ORCHESTRATOR_PID", None)  # no watch thread waking inside the measured process
         output = open(run.folder / "valgrind.log", "wb")  # noqa: SIM115 (closed when the process ends)
+        command = valgrind_command(
+            run.folder, python, stage.plan_path, stage.log_path(run.index), stage.workroot(run.index)
+        )
         run.process = subprocess.Popen(
-            valgrind_command(run.folder, python, plan_path, run.log),
-            cwd=REPO_ROOT,
+            [valgrind, *command[1:]],
+            cwd=stage.root,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -503,6 +515,7 @@ def cell_record(
             "counted": "Ir, main thread",
             "malloc_tunables": protocol.malloc_tunables or None,
             "entropy": f"Python-level sources pinned (seed {protocol.hash_seed}, harness.cost.entropy)",
+            "surroundings": STAGED,
         },
     }
     per_run = []
@@ -562,17 +575,18 @@ def measure(
     plan = {
         "cells": [spec.to_dict() for spec in specs],
         "protocol": protocol.to_dict(),
-        "workroot": str(folder / "work"),
-    }
+    }  # the staged copy the worker reads adds its scratch folder ("workroot")
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1, sort_keys=True))
     runs = [Run(index, folder / f"run-{index}") for index in range(1, protocol.runs + 1)]
     expected = len(specs) * protocol.rounds * 2
     problems: list[str] = []
     batches = [runs] if parallel else [[run] for run in runs]
-    for batch in batches:
-        launch(batch, plan_path, python=python, hash_seed=protocol.hash_seed, malloc_tunables=protocol.malloc_tunables)
-        problems += wait(batch, expected, timeout_s, progress)
+    prepare_folders(runs)
+    with Stage.create(REPO_ROOT, plan, {run.index: run.log for run in runs}) as stage:
+        for batch in batches:
+            launch(batch, stage, python=python, hash_seed=protocol.hash_seed, malloc_tunables=protocol.malloc_tunables)
+            problems += wait(batch, expected, timeout_s, progress)
     collected = [collect(run) for run in runs] if not problems else []
     libraries = sorted({library for library in _libraries(specs) if library})
     env = environment.capture(tuple(libraries))

@@ -1,0 +1,159 @@
+"""What the counting worker sees around it: the same folder listings, paths and environment on every rerun.
+
+Instruction counts repeat only if the worker builds the same objects at the same addresses (see
+:mod:`harness.cost.entropy`). The worker's surroundings reach those addresses too, before any
+library is imported:
+
+- **folder listings.** Python's import system caches the listing of every folder on ``sys.path``
+  it looks in (one string per entry). ``python -m`` puts the current folder first, and the pass
+  used to run from the repository, so every file lying at its top level (``.pytest_cache``, a
+  scratch file, a new results folder) added objects early and moved every address after them.
+  Measured on the Intel instance (2026-12-03): three empty files at the repository's top level
+  moved native's count by -0.09% and the keras aligned difference by +0.39%, while the two runs
+  of each pass agreed to 1e-6. This is why reruns minutes apart differed more than the runs of
+  one pass did;
+- **paths.** The plan, the window log and the fits' scratch folder reach the worker as path
+  strings, whose lengths follow ``--results-dir``;
+- **environment.** ``os.environ`` is built at start-up: a shell's ``OLDPWD``, ``_``, ``TERM`` or
+  an activated virtual environment add or lengthen entries.
+
+So the worker runs in a *stage*: a fresh folder under the system's temporary folder (a fixed-length
+name) holding links to the project's packages and nothing else, the plan, and per run a scratch
+folder and a link to the run's window log. It is the worker's current folder and its only project
+entry on ``PYTHONPATH``. Its environment keeps only the variables that configure what it runs
+(:data:`KEPT_NAMES`, :data:`KEPT_PREFIXES`) and a fixed ``PATH``.
+
+Not covered: the location of the checkout and its virtual environment (every module's file name
+is a path under them), the contents of the project's own package folders (a new module is a code
+change), and the folders a user's plugins are imported from (``BAKEOFF_PLUGIN_PATH``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("adapters", "bakeoff", "harness", "kernels", "reports", "tasks")
+"""The project's top-level packages (``[tool.setuptools] packages`` in pyproject.toml): all the stage links."""
+
+KEPT_NAMES = frozenset(
+    {
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "LD_LIBRARY_PATH",
+        "LD_PRELOAD",
+        "GLIBC_TUNABLES",
+        "MPLBACKEND",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+    }
+)
+"""Variables the worker keeps by name: locale, home and caches, the loader's and allocator's settings."""
+
+KEPT_PREFIXES = (
+    "LC_",
+    "PYTHON",
+    "BAKEOFF_",
+    "KERAS_",
+    "TORCH",
+    "PYTORCH_",
+    "HF_",
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+    "FASTAI_",
+    "LIGHTNING_",
+    "PL_",
+    "OMP_",
+    "MKL_",
+    "KMP_",
+    "OPENBLAS_",
+    "CUDA_",
+    "NVIDIA_",
+    "VALGRIND_",
+)
+"""Prefixes of variables that configure Python, bakeoff, torch, the libraries and their thread pools."""
+
+STAGED = "run from a stage of package links, fixed-length paths, kept variables only (harness.cost.surroundings)"
+"""What an instruction record says of its worker's surroundings."""
+
+SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+def kept(name: str) -> bool:
+    return name in KEPT_NAMES or name.startswith(KEPT_PREFIXES)
+
+
+def counting_environment(
+    environ: Mapping[str, str], *, repo_root: Path, stage: Path, python: str, tools: Iterable[str] = ()
+) -> dict[str, str]:
+    """The worker's environment: the kept variables of ``environ``, the stage first on ``PYTHONPATH``
+    (entries that point into the repository's top level are dropped: the stage stands for it), and a
+    ``PATH`` of the interpreter's and ``tools``' folders, then the system's."""
+    env = {name: value for name, value in environ.items() if kept(name)}
+    repo = Path(repo_root).resolve()
+    extra = [entry for entry in environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    extra = [entry for entry in extra if Path(entry).resolve() != repo and entry != "."]
+    env["PYTHONPATH"] = os.pathsep.join([str(stage), *extra])
+    folders = [str(Path(python).parent), *(str(Path(tool).parent) for tool in tools), *SYSTEM_PATH]
+    env["PATH"] = os.pathsep.join(dict.fromkeys(folders))
+    return env
+
+
+class Stage:
+    """A fixed-shape folder to run the worker from; :meth:`close` removes it (the run folders stay)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def create(cls, repo_root: Path, plan: dict[str, Any], run_logs: Mapping[int, Path]) -> Stage:
+        """Links to ``repo_root``'s packages, the plan, and per run ``run-N/work`` and
+        ``run-N/windows.jsonl`` (a link to that run's log in its results folder)."""
+        root = Path(tempfile.mkdtemp(prefix="bakeoff-count-"))
+        stage = cls(root)
+        try:
+            for name in PACKAGES:
+                target = Path(repo_root) / name
+                if not target.is_dir():
+                    raise FileNotFoundError(f"the project package {name!r} is missing from {repo_root}")
+                (root / name).symlink_to(target.resolve(), target_is_directory=True)
+            staged_plan = {**plan, "workroot": str(stage.workroot(min(run_logs)))}
+            stage.plan_path.write_text(json.dumps(staged_plan, indent=1, sort_keys=True))
+            for index, log in run_logs.items():
+                stage.workroot(index).mkdir(parents=True)
+                stage.log_path(index).symlink_to(Path(log).resolve())
+        except BaseException:
+            stage.close()
+            raise
+        return stage
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    def log_path(self, index: int) -> Path:
+        return self.root / f"run-{index}" / "windows.jsonl"
+
+    def workroot(self, index: int) -> Path:
+        return self.root / f"run-{index}" / "work"
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
