@@ -296,7 +296,7 @@ def valgrind_options(out_dir: Path) -> list[str]:
         "--collect-atstart=no",
         "--separate-threads=yes",
         "--dump-line=no",
-        f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+        f"--callgrind-out-file={Path(out_dir).resolve()}/callgrind.out.%p",  # the worker runs elsewhere
     ]
 
 

@@ -17,6 +17,11 @@ library is imported:
 - **environment.** ``os.environ`` is built at start-up: a shell's ``OLDPWD``, ``_``, ``TERM`` or
   an activated virtual environment add or lengthen entries.
 
+- **the plugin path.** The CLI puts the current folder on ``BAKEOFF_PLUGIN_PATH``; the registry used
+  to append it to ``sys.path`` before importing even a built-in adapter, and the next import that
+  missed listed it. The registry now appends the plugin folders only when an import misses
+  without them (:func:`harness.registry._import_module`).
+
 So the worker runs in a *stage*: a fresh folder under the system's temporary folder (a fixed-length
 name) holding links to the project's packages and nothing else, the plan, and per run a scratch
 folder and a link to the run's window log. It is the worker's current folder and its only project
@@ -119,8 +124,9 @@ class Stage:
 
     @classmethod
     def create(cls, repo_root: Path, plan: dict[str, Any], run_logs: Mapping[int, Path]) -> Stage:
-        """Links to ``repo_root``'s packages, the plan, and per run ``run-N/work`` and
-        ``run-N/windows.jsonl`` (a link to that run's log in its results folder)."""
+        """Links to ``repo_root``'s packages, the plan, and per run ``runs/run-N/work`` and
+        ``runs/run-N/windows.jsonl`` (a link to that run's log in its results folder). The runs sit one
+        level down, so the stage's own listing is the same whatever the number of runs."""
         root = Path(tempfile.mkdtemp(prefix="bakeoff-count-"))
         stage = cls(root)
         try:
@@ -144,10 +150,10 @@ class Stage:
         return self.root / "plan.json"
 
     def log_path(self, index: int) -> Path:
-        return self.root / f"run-{index}" / "windows.jsonl"
+        return self.root / "runs" / f"run-{index}" / "windows.jsonl"
 
     def workroot(self, index: int) -> Path:
-        return self.root / f"run-{index}" / "work"
+        return self.root / "runs" / f"run-{index}" / "work"
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
