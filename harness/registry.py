@@ -219,20 +219,10 @@ def _plugin_path() -> list[str]:
 
 
 def _import_module(module_name: str):
-    """Import from ``sys.path``; only when that misses, put the plugin folders after it and try again.
-
-    After ``sys.path``, a plugin folder never shadows an installed package. Appended only when
-    needed, importing a built-in never makes Python list and cache the current folder (the CLI puts
-    it on the plugin path): the instruction counts would otherwise depend on the files lying there
-    (:mod:`harness.cost.surroundings`)."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        folders = [folder for folder in _plugin_path() if folder not in sys.path]
-        if not folders:
-            raise
-        sys.path.extend(folders)
-        return importlib.import_module(module_name)
+    for folder in _plugin_path():  # after sys.path: never shadows an installed package
+        if folder not in sys.path:
+            sys.path.append(folder)
+    return importlib.import_module(module_name)
 
 
 def _is_prefix(package: str, module_name: str) -> bool:

@@ -17,10 +17,12 @@ library is imported:
 - **environment.** ``os.environ`` is built at start-up: a shell's ``OLDPWD``, ``_``, ``TERM`` or
   an activated virtual environment add or lengthen entries.
 
-- **the plugin path.** The CLI puts the current folder on ``BAKEOFF_PLUGIN_PATH``; the registry used
-  to append it to ``sys.path`` before importing even a built-in adapter, and the next import that
-  missed listed it. The registry now appends the plugin folders only when an import misses
-  without them (:func:`harness.registry._import_module`).
+- **the plugin path.** The CLI puts the current folder on ``BAKEOFF_PLUGIN_PATH``, and the registry
+  appends those folders to ``sys.path`` before it imports even a built-in adapter; the next import
+  that missed listed the folder. The worker's plugin path leaves out the repository (the stage
+  stands for its packages), so run from the repository the pass lists nothing of it. (Appending
+  the folders only on a miss instead broke plugin identities: a user's project folder beside its
+  installed package then resolved differently in the CLI and the worker.)
 
 So the worker runs in a *stage*: a fresh folder under the system's temporary folder (a fixed-length
 name) holding links to the project's packages and nothing else, the plan, and per run a scratch
@@ -47,6 +49,9 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+PLUGIN_PATH_ENV = "BAKEOFF_PLUGIN_PATH"  # harness.registry.PLUGIN_PATH_ENV (that module imports torch-free
+# but heavy code; a test checks the two agree)
 
 PACKAGES = ("adapters", "bakeoff", "harness", "kernels", "reports", "tasks")
 """The project's top-level packages (``[tool.setuptools] packages`` in pyproject.toml): all the stage links."""
@@ -109,13 +114,22 @@ def counting_environment(
     environ: Mapping[str, str], *, repo_root: Path, stage: Path, python: str, tools: Iterable[str] = ()
 ) -> dict[str, str]:
     """The worker's environment: the kept variables of ``environ``, the stage first on ``PYTHONPATH``
-    (entries that point into the repository's top level are dropped: the stage stands for it), and a
+    (entries naming the repository's top level are dropped there and from ``BAKEOFF_PLUGIN_PATH``:
+    the stage stands for it), and a
     ``PATH`` of the interpreter's and ``tools``' folders, then the system's."""
     env = {name: value for name, value in environ.items() if kept(name)}
     repo = Path(repo_root).resolve()
-    extra = [entry for entry in environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    extra = [entry for entry in extra if Path(entry).resolve() != repo and entry != "."]
-    env["PYTHONPATH"] = os.pathsep.join([str(stage), *extra])
+
+    def elsewhere(variable: str) -> list[str]:  # the entries of a path variable outside the repository
+        entries = [entry for entry in environ.get(variable, "").split(os.pathsep) if entry]
+        return [entry for entry in entries if entry != "." and Path(entry).resolve() != repo]
+
+    env["PYTHONPATH"] = os.pathsep.join([str(stage), *elsewhere("PYTHONPATH")])
+    plugin_folders = elsewhere(PLUGIN_PATH_ENV)
+    if plugin_folders:
+        env[PLUGIN_PATH_ENV] = os.pathsep.join(plugin_folders)
+    else:
+        env.pop(PLUGIN_PATH_ENV, None)
     folders = [str(Path(python).parent), *(str(Path(tool).parent) for tool in tools), *SYSTEM_PATH]
     env["PATH"] = os.pathsep.join(dict.fromkeys(folders))
     return env

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import registry
 from harness.cost import instructions
 from harness.cost.instructions import Run, no_address_randomization
-from harness.cost.surroundings import PACKAGES, Stage, counting_environment
+from harness.cost.surroundings import PACKAGES, PLUGIN_PATH_ENV, Stage, counting_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,6 +130,7 @@ def test_the_workers_environment_keeps_configuration_and_drops_the_shell_and_sec
         "PATH": "/home/u/.venv/bin:/home/u/bin:/usr/bin",
         "PYTHONPATH": os.pathsep.join([str(REPO), ".", "/extra/lib"]),
     }
+
     stage = tmp_path / "stage"
     env = counting_environment(environ, repo_root=REPO, stage=stage, python="/venv/bin/python",
                                tools=["/opt/valgrind/bin/valgrind"])
@@ -138,6 +140,13 @@ def test_the_workers_environment_keeps_configuration_and_drops_the_shell_and_sec
     for dropped in ("OLDPWD", "PWD", "_", "TERM", "SSH_AUTH_SOCK", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY"):
         assert dropped not in env
     assert env["PYTHONPATH"] == os.pathsep.join([str(stage), "/extra/lib"])  # the stage stands for the repository
+    both = counting_environment({**environ, "BAKEOFF_PLUGIN_PATH": os.pathsep.join([str(REPO), "/plugins"])},
+                                repo_root=REPO, stage=stage, python="/venv/bin/python")
+    assert both["BAKEOFF_PLUGIN_PATH"] == "/plugins"  # the CLI's current folder, run from the repository: dropped
+    only_repo = counting_environment({**environ, "BAKEOFF_PLUGIN_PATH": str(REPO)}, repo_root=REPO, stage=stage,
+                                     python="/venv/bin/python")
+    assert "BAKEOFF_PLUGIN_PATH" not in only_repo
+    assert registry.PLUGIN_PATH_ENV == PLUGIN_PATH_ENV
     assert env["PATH"] == "/venv/bin:/opt/valgrind/bin:/usr/local/bin:/usr/bin:/bin"
     assert counting_environment({**environ, "PATH": "/other"}, repo_root=REPO, stage=stage, python="/venv/bin/python",
                                 tools=["/opt/valgrind/bin/valgrind"]) == env
