@@ -169,6 +169,7 @@ def _time_matmul(torch, device, torch_dtype, size: int, budget_s: float) -> dict
         "median_flops_per_s": flops / statistics.median(seconds),
         "size": size,
         "repetitions": len(seconds),
+        "best_s": min(seconds),
     }
 
 
