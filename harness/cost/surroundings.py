@@ -15,8 +15,7 @@ library is imported:
 - **paths.** The plan, the window log and the fits' scratch folder reach the worker as path
   strings, whose lengths follow ``--results-dir``;
 - **environment.** ``os.environ`` is built at start-up: a shell's ``OLDPWD``, ``_``, ``TERM`` or
-  an activated virtual environment add or lengthen entries.
-
+  an activated virtual environment add or lengthen entries;
 - **the plugin path.** The CLI puts the current folder on ``BAKEOFF_PLUGIN_PATH``, and the registry
   appends those folders to ``sys.path`` before it imports even a built-in adapter; the next import
   that missed listed the folder. The worker's plugin path leaves out the repository (the stage
@@ -50,8 +49,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-PLUGIN_PATH_ENV = "BAKEOFF_PLUGIN_PATH"  # harness.registry.PLUGIN_PATH_ENV (that module imports torch-free
-# but heavy code; a test checks the two agree)
+from harness.registry import PLUGIN_PATH_ENV
 
 PACKAGES = ("adapters", "bakeoff", "harness", "kernels", "reports", "tasks")
 """The project's top-level packages (``[tool.setuptools] packages`` in pyproject.toml): all the stage links."""
@@ -130,7 +128,10 @@ def counting_environment(
         env[PLUGIN_PATH_ENV] = os.pathsep.join(plugin_folders)
     else:
         env.pop(PLUGIN_PATH_ENV, None)
-    folders = [str(Path(python).parent), *(str(Path(tool).parent) for tool in tools), *SYSTEM_PATH]
+    # A tool given by bare name (not found on the caller's PATH) adds no folder: "." would put the
+    # stage's own listing on the search path.
+    tool_folders = [str(Path(tool).parent) for tool in tools if Path(tool).is_absolute()]
+    folders = [str(Path(python).parent), *tool_folders, *SYSTEM_PATH]
     env["PATH"] = os.pathsep.join(dict.fromkeys(folders))
     return env
 

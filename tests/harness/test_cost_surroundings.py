@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import registry
 from harness.cost import instructions
 from harness.cost.instructions import Run, no_address_randomization
-from harness.cost.surroundings import PACKAGES, PLUGIN_PATH_ENV, Stage, counting_environment
+from harness.cost.surroundings import PACKAGES, Stage, counting_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,15 +67,19 @@ def test_junk_beside_the_packages_and_the_callers_shell_move_the_heap_unless_sta
         return heap(repo, caller_environment(PYTHONPATH=str(repo), **extra))
 
     # The known answer: both causes are visible the old way (one object or more per extra entry).
+    # The planted variables are new ones: a caller's shell may already set OLDPWD or TERM, and
+    # overwriting a value of similar length need not move anything (CI's shell did just that).
+    planted = {"SOME_CALLERS_VARIABLE": "/home/someone/elsewhere", "ANOTHER_CALLERS_VARIABLE": "x" * 40}
+    assert not set(planted) & set(os.environ)
     baseline = old_way(clean)
     assert old_way(clean) == baseline  # the count repeats for the same surroundings
     assert old_way(messy) != baseline
-    assert old_way(clean, OLDPWD="/home/someone/elsewhere", TERM="xterm-256color") != baseline
+    assert old_way(clean, **planted) != baseline
 
     staged = staged_heap(clean, tmp_path / "r", caller_environment())
     assert staged_heap(clean, tmp_path / "r2", caller_environment()) == staged
     assert staged_heap(messy, tmp_path / "a-much-longer-results-folder", caller_environment()) == staged
-    shell = caller_environment(OLDPWD="/home/someone/elsewhere", TERM="xterm-256color", _="/usr/bin/make")
+    shell = caller_environment(**planted, OLDPWD="/home/someone/elsewhere", TERM="xterm-256color", _="/usr/bin/make")
     assert staged_heap(messy, tmp_path / "r3", shell) == staged
 
 
@@ -146,10 +149,11 @@ def test_the_workers_environment_keeps_configuration_and_drops_the_shell_and_sec
     only_repo = counting_environment({**environ, "BAKEOFF_PLUGIN_PATH": str(REPO)}, repo_root=REPO, stage=stage,
                                      python="/venv/bin/python")
     assert "BAKEOFF_PLUGIN_PATH" not in only_repo
-    assert registry.PLUGIN_PATH_ENV == PLUGIN_PATH_ENV
     assert env["PATH"] == "/venv/bin:/opt/valgrind/bin:/usr/local/bin:/usr/bin:/bin"
     assert counting_environment({**environ, "PATH": "/other"}, repo_root=REPO, stage=stage, python="/venv/bin/python",
                                 tools=["/opt/valgrind/bin/valgrind"]) == env
+    missing = counting_environment(environ, repo_root=REPO, stage=stage, python="/venv/bin/python", tools=["valgrind"])
+    assert missing["PATH"] == "/venv/bin:/usr/local/bin:/usr/bin:/bin"  # a bare name adds no "." to the search path
 
 
 def test_each_run_is_launched_from_the_stage_with_its_own_log_and_scratch(tmp_path, monkeypatch, request):
