@@ -882,6 +882,9 @@ def _add_cost_parser(commands) -> None:
     other = cost.add_argument_group("imports and instructions passes")
     other.add_argument("--import-blocks", type=int, default=None, help="blocks of processes (6)")
     other.add_argument("--instruction-runs", type=int, default=None, help="valgrind processes (2, for repeatability)")
+    other.add_argument("--instruction-layouts", type=int, default=None,
+                       help="heap layouts the runs cycle through (1); more states the counts' layout bias as a "
+                       "spread, e.g. --instruction-runs 3 --instruction-layouts 3")
     other.add_argument("--instruction-rounds", type=int, default=None, help="rounds per cell (6)")
     other.add_argument("--instruction-steps", type=int, default=None, help="steps per fit (25)")
     other.add_argument("--instruction-warmup", type=int, default=None, help="steps left out (5)")

@@ -515,4 +515,9 @@ def _cost_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     per_step = summary.get("difference_per_step")
     if record.get("kind") == "instructions" and isinstance(per_step, (int, float)):
         out["instructions_difference_per_step"] = per_step
+        for name in ("repeatability", "layout_spread"):
+            spread = summary.get(name) or {}
+            worst = [v for v in (spread.get("native"), spread.get("adapter")) if isinstance(v, (int, float))]
+            if worst:
+                out[f"instructions_{name}"] = max(worst)  # the worse arm's (max - min) / mean
     return out

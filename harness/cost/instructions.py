@@ -51,6 +51,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# isort: split
+from harness.cost import layout  # first of all the project's imports: shifts the heap before torch exists
+
+# isort: split
 import torch
 
 from harness import environment
@@ -105,6 +109,11 @@ class InstructionProtocol:
     order_seed: int = 0
     runs: int = 2
     """Independent valgrind processes over the same plan (repeatability)."""
+    layouts: int = 1
+    """Heap layouts the runs cycle through (``harness.cost.layout``): run ``i`` (from 1) gets layout
+    ``(i - 1) % layouts``. With 1, every run has the same layout and their spread is the count's
+    repeatability at this code. With more, the spread across layouts is the layout bias, about what an
+    unrelated code change moves the counts by; the figures are then the mean over layouts."""
     hash_seed: int = 0
     """PYTHONHASHSEED of every run, and the seed of its fixed entropy stream (``harness.cost.entropy``)."""
     malloc_tunables: str = MALLOC_TUNABLES
@@ -120,6 +129,8 @@ class InstructionProtocol:
         cost_record.check_counts(self, "instruction protocol", text=("malloc_tunables",), flags=("fork_per_cell",))
         if self.rounds < 1 or self.runs < 1 or self.threads < 1:
             raise SpecError("instruction protocol needs at least 1 round, 1 run and 1 thread")
+        if not 1 <= self.layouts <= self.runs:
+            raise SpecError(f"instruction protocol layouts ({self.layouts}) must be between 1 and runs ({self.runs})")
         if self.steps < self.warmup + 2:
             raise SpecError(f"instruction protocol steps ({self.steps}) must exceed warmup ({self.warmup}) by 2")
 
@@ -189,7 +200,8 @@ def worker(plan: dict[str, Any], log_path: Path, workroot: Path | None = None) -
         except Exception as error:
             arms, reason = None, f"{type(error).__name__}: {error}"
         cells.append((cell_id(spec), arms, reason))
-    log.write({"event": "imported", "on_valgrind": requests.running_on_valgrind()})
+    log.write({"event": "imported", "on_valgrind": requests.running_on_valgrind(), "layout": layout.LAYOUT,
+               "padding_objects": len(layout.PADDING)})
     requests.start_instrumentation()
     measurable = []
     for key, arms, reason in cells:
@@ -329,6 +341,7 @@ def valgrind_version() -> str | None:
 class Run:
     index: int
     folder: Path
+    layout: int = 0
     process: subprocess.Popen | None = None
     started: float = 0.0
 
@@ -380,6 +393,9 @@ def launch(runs: Sequence[Run], stage: Stage, *, python: str, hash_seed: int, ma
     for run in runs:
         env = counting_environment(os.environ, repo_root=REPO_ROOT, stage=stage.root, python=python, tools=[valgrind])
         env["PYTHONHASHSEED"] = str(hash_seed)
+        env.pop(layout.ENV, None)  # the run's layout is the plan's, never the caller's
+        if run.layout:
+            env[layout.ENV] = str(run.layout)
         tunables = with_tunables(env.get("GLIBC_TUNABLES"), malloc_tunables)
         if tunables:
             env["GLIBC_TUNABLES"] = tunables
@@ -530,31 +546,76 @@ def cell_record(
         if any("native" not in r or "adapter" not in r for r in rounds):
             record.update(status="failed", error=f"run {index}: a round is missing an arm")
             return record
-        per_run.append({"run": index, "rounds": rounds, "functions": function_table(cell["functions"])})
+        per_run.append({"run": index, "layout": (index - 1) % protocol.layouts, "rounds": rounds,
+                        "functions": function_table(cell["functions"])})
     record["runs"] = per_run
-    first = per_run[0]["rounds"]
-    summary = instruction_summary([r["native"]["per_step"] for r in first], [r["adapter"]["per_step"] for r in first])
+    record["summary"] = instruction_figures(per_run, protocol.layouts)
+    return record
+
+
+def _spreads(native: Sequence[float], adapter: Sequence[float]) -> dict[str, float | None]:
+    differences = [a - n for n, a in zip(native, adapter, strict=True)]
+    return {
+        "native": relative_spread(native),
+        "adapter": relative_spread(adapter),
+        "difference": relative_spread(differences) if all(d != 0 for d in differences) else None,
+    }
+
+
+def instruction_figures(per_run: Sequence[dict[str, Any]], layouts: int = 1) -> dict[str, Any]:
+    """A cell's figures from its runs' rounds: the paired rounds, the runs' repeatability, the layout spread.
+
+    One layout: the figures are the first run's, and the runs' spread is their repeatability. Several:
+    each round's count is averaged over the layouts (the runs of one layout averaged first), so the
+    figures are the mean over layouts; the spread of the layouts' means is ``layout_spread``, and
+    ``repeatability`` is the worst spread among runs that share a layout (None when none do).
+    """
     means = {
         arm: [sum(r[arm]["per_step"] for r in run["rounds"]) / len(run["rounds"]) for run in per_run]
         for arm in ("native", "adapter")
     }
-    differences = [a - n for n, a in zip(means["native"], means["adapter"], strict=True)]
+    by_layout: dict[int, list[int]] = {}
+    for position, run in enumerate(per_run):
+        by_layout.setdefault(run.get("layout", 0), []).append(position)
+    within = [_spreads([means["native"][i] for i in members], [means["adapter"][i] for i in members])
+              for members in by_layout.values() if len(members) > 1]
+    repeatability = {key: max((w[key] for w in within if w[key] is not None), default=None)
+                     for key in ("native", "adapter", "difference")}
+    repeatability.update(runs_native_per_step=means["native"], runs_adapter_per_step=means["adapter"])
+
+    def per_round(arm: str, members: Sequence[int]) -> list[float]:
+        rounds = zip(*(per_run[i]["rounds"] for i in members), strict=True)
+        return [sum(r[arm]["per_step"] for r in group) / len(group) for group in rounds]
+
+    if layouts == 1:
+        chosen = {arm: per_round(arm, [0]) for arm in ("native", "adapter")}
+        layout_spread = None
+    else:
+        layout_rounds = {key: {arm: per_round(arm, members) for arm in ("native", "adapter")}
+                         for key, members in sorted(by_layout.items())}
+        chosen = {arm: [sum(values) / len(values) for values in zip(*(lr[arm] for lr in layout_rounds.values()))]
+                  for arm in ("native", "adapter")}
+        layout_means = {arm: [sum(lr[arm]) / len(lr[arm]) for lr in layout_rounds.values()]
+                        for arm in ("native", "adapter")}
+        layout_spread = {
+            **_spreads(layout_means["native"], layout_means["adapter"]),
+            "layouts": sorted(layout_rounds),
+            "native_per_step": layout_means["native"],
+            "adapter_per_step": layout_means["adapter"],
+        }
+    summary = instruction_summary(chosen["native"], chosen["adapter"])
+    native, adapter = (sum(chosen[arm]) / len(chosen[arm]) for arm in ("native", "adapter"))
     summary.update(
-        native_per_step=means["native"][0],
-        adapter_per_step=means["adapter"][0],
-        difference_per_step=differences[0],
+        native_per_step=native,
+        adapter_per_step=adapter,
+        difference_per_step=adapter - native,
         runs=len(per_run),
-        repeatability={
-            "native": relative_spread(means["native"]),
-            "adapter": relative_spread(means["adapter"]),
-            "difference": relative_spread(differences) if all(d != 0 for d in differences) else None,
-            "runs_native_per_step": means["native"],
-            "runs_adapter_per_step": means["adapter"],
-        },
+        layouts=len(by_layout),
+        repeatability=repeatability,
+        layout_spread=layout_spread,
         functions=per_run[0]["functions"],
     )
-    record["summary"] = summary
-    return record
+    return summary
 
 
 def measure(
@@ -578,7 +639,8 @@ def measure(
     }  # the staged copy the worker reads adds its scratch folder ("workroot")
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1, sort_keys=True))
-    runs = [Run(index, folder / f"run-{index}") for index in range(1, protocol.runs + 1)]
+    runs = [Run(index, folder / f"run-{index}", layout=(index - 1) % protocol.layouts)
+            for index in range(1, protocol.runs + 1)]
     expected = len(specs) * protocol.rounds * 2
     problems: list[str] = []
     batches = [runs] if parallel else [[run] for run in runs]

@@ -120,13 +120,26 @@ def _instruction_line(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"{label}: {record['status']}: {record['error']}"
     summary = record["summary"]
-    repeat = summary["repeatability"]
-    spread = max(v for v in (repeat["native"], repeat["adapter"]) if v is not None) if summary["runs"] > 1 else None
     text = (
         f"{label}: native {summary['native_per_step']:,.0f} instr/step, adapter {summary['adapter_per_step']:,.0f}, "
         f"difference {summary['difference_per_step']:+,.0f}"
     )
-    return text + (f", runs agree to {spread:.4%}" if spread is not None else "")
+    spread = _worst(summary["repeatability"])
+    if spread is not None:
+        text += f", runs agree to {spread:.4%}"
+    layouts = summary.get("layout_spread")
+    if layouts:
+        worst = _worst(layouts)
+        text += f"; mean of {len(layouts['layouts'])} heap layouts"
+        if worst is not None:
+            text += f", which spread {worst:.4%} per arm"
+        if layouts["difference"] is not None:
+            text += f", {layouts['difference']:.4%} on the difference"
+    return text
+
+
+def _worst(spreads: dict[str, Any]) -> float | None:
+    return max((spreads[arm] for arm in ("native", "adapter") if spreads.get(arm) is not None), default=None)
 
 
 def _protocol_values(cls, table: dict[str, Any], flags: dict[str, Any], where: str):
@@ -198,6 +211,7 @@ def plan_from_args(args: argparse.Namespace) -> CostPlan:
     flags.update(
         import_blocks=args.import_blocks,
         instruction_runs=args.instruction_runs,
+        instruction_layouts=args.instruction_layouts,
         instruction_rounds=args.instruction_rounds,
         instruction_steps=args.instruction_steps,
         instruction_warmup=args.instruction_warmup,
@@ -282,6 +296,7 @@ def build_plan(
         {"threads": protocol.threads, **instructions_table},
         {
             "runs": flags.get("instruction_runs"),
+            "layouts": flags.get("instruction_layouts"),
             "rounds": flags.get("instruction_rounds"),
             "steps": flags.get("instruction_steps"),
             "warmup": flags.get("instruction_warmup"),
