@@ -646,6 +646,7 @@ PAIRED_COLUMNS = [
     Column("rounds", "rounds"),
     Column("status", "status", numeric=False),
 ]
+LAYOUTS_COLUMN = Column("instructions_layouts_pct", "instructions across heap layouts spread %")
 SYNC_COLUMNS = [
     Column("cell", "cell", numeric=False),
     Column("syncs_per_step", "syncs/step"),
@@ -659,8 +660,13 @@ def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
     """The ``paired`` and ``syncs`` tables from the suite's paired cost records (``bakeoff cost``)."""
     from reports import cost as cost_rows
 
+    rows = cost_rows.paired_table_rows(cost_records)
+    columns = PAIRED_COLUMNS
+    if any("instructions_layouts_pct" in row for row in rows):  # only passes run over several heap layouts
+        at = next(i for i, c in enumerate(columns) if c.key == "instructions_agree_pct") + 1
+        columns = [*columns[:at], LAYOUTS_COLUMN, *columns[at:]]
     paired = Table(
-        "paired", "Paired in-process cost", PAIRED_COLUMNS, cost_rows.paired_table_rows(cost_records),
+        "paired", "Paired in-process cost", columns, rows,
         note=("Each cell ran in one process that alternated fresh native and adapter fits round after round, in a "
               "random order balanced over the rounds; a round's figure per arm is its mean µs per steady-state step, "
               "the cell's is the median of the per-round differences (adapter − native) with a bootstrap 95% CI over "
@@ -674,6 +680,11 @@ def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
               "stall a GPU, counted per step on the CPU; \"profile places\" is the share of the profiled difference "
               "the profile names a call site for."),
     )
+    if columns is not PAIRED_COLUMNS:
+        paired.note += (" \"Across heap layouts spread\" is the same spread over runs given deliberately shifted "
+                        "heap layouts (harness.cost.layout): how far the placement of objects alone moves the counts, "
+                        "about what an unrelated code change moves them by; those cells' instruction figures are the "
+                        "mean over the layouts.")
     syncs = Table(
         "syncs", "Host syncs", SYNC_COLUMNS, cost_rows.syncs_table_rows(cost_records),
         note=("Reads of device-resident tensors per optimizer step (`.item()`, `bool(tensor)`, `.cpu()`, `.tolist()`, "

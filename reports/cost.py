@@ -76,13 +76,28 @@ def worst_spread(instructions: dict[str, Any]) -> float | None:
     return max((spread[arm] for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
 
 
+def layout_spread(instructions: dict[str, Any]) -> float | None:
+    """The worse arm's spread of instructions per step across heap layouts, or None when one layout ran."""
+    spread = (instructions.get("summary") or {}).get("layout_spread") or {}
+    return max((spread[arm] for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
+
+
 def _repeats(instructions: dict[str, Any]) -> str:
-    """How well the instruction count repeated between the pass's runs, in words."""
+    """How well the instruction count repeated between the pass's runs (and across layouts), in words."""
     worst = worst_spread(instructions)
-    runs = (instructions.get("summary") or {}).get("runs") or 0
+    summary = instructions.get("summary") or {}
+    runs = summary.get("runs") or 0
+    layouts = layout_spread(instructions)
+    if layouts is not None:
+        text = f"{summary.get('layouts')} heap layouts spread {layouts * 100:.2g}% per arm"
+        return text + (f", runs of one layout agree to {worst * 100:.2g}%" if worst is not None else "")
     if worst is None or runs < 2:
         return "one run: repeatability not measured"
     return f"{runs} runs agree to {worst * 100:.2g}% per arm"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4%}"
 
 
 def _estimate_us(paired: dict[str, Any] | None, instructions: dict[str, Any] | None) -> float | None:
@@ -143,6 +158,9 @@ def overhead_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             row["instructions_ratio"] = s["ratio"]
             row["instructions_repeatability"] = worst_spread(i)
             row["instructions_runs"] = s["runs"]
+            if s.get("layout_spread"):
+                row["instructions_layout_spread"] = layout_spread(i)
+                row["instructions_layouts"] = s["layouts"]
             row["instructions_estimate_us"] = _estimate_us(p, i)
         row["verdict"] = verdict(p, i)
         rows.append(row)
@@ -388,12 +406,14 @@ def markdown(records: Sequence[dict[str, Any]], *, title: str, machine: str) -> 
         "(an estimate).",
         "",
     ]
+    layouts = any(row.get("instructions_layout_spread") is not None for row in rows)
     lines += [
         "## Overhead per step (paired, in one process)",
         "",
         "| cell | verdict clock | wall overhead µs/step [95% CI] | ratio | thread CPU µs/step | instructions/step "
-        "native → adapter | Δ instructions/step [CI] | ≈ µs (est.) | runs agree | syncs/step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "native → adapter | Δ instructions/step [CI] | ≈ µs (est.) | runs agree | "
+        + ("heap layouts spread | " if layouts else "") + "syncs/step |",
+        "| --- " * (11 if layouts else 10) + "|",
     ]
     for row in rows:
         instructions = (
@@ -408,8 +428,15 @@ def markdown(records: Sequence[dict[str, Any]], *, title: str, machine: str) -> 
             f"| {row['label']} | {row['verdict']['clock'] or '–'} | {_ci(row.get('wall_overhead_us'))} | "
             f"{_ci(row.get('wall_ratio'), 3, sign=False)} | {_ci(row.get('thread_overhead_us'))} | {instructions} | "
             f"{_ci(row.get('instructions_difference'), 0)} | {'–' if estimate is None else f'{estimate:+.1f}'} | "
-            f"{'–' if repeat is None else f'{repeat:.4%}'} | {'–' if syncs is None else f'{syncs:g}'} |"
+            f"{'–' if repeat is None else f'{repeat:.4%}'} | "
+            + (_percent(row.get("instructions_layout_spread")) + " | " if layouts else "")
+            + f"{'–' if syncs is None else f'{syncs:g}'} |"
         )
+    if layouts:
+        lines += ["", "Heap layouts: the instruction pass's runs were given deliberately shifted heap layouts "
+                  "(harness.cost.layout); their spread is how far the placement of objects alone moves the counts, "
+                  "about what an unrelated code change moves them by, and the instruction figures are the mean over "
+                  "the layouts."]
     lines += ["", "Verdict clock per cell:", ""]
     lines += [f"- {row['label']}: {row['verdict']['clock'] or '–'} ({row['verdict']['reason']})" for row in rows]
     syncs = [r for r in sync_rows(records) if r["kind"] is not None]
@@ -560,6 +587,8 @@ def paired_table_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
             "instructions_ratio": (row.get("instructions_ratio") or {}).get("value"),
             "instructions_agree_pct": (None if row.get("instructions_repeatability") is None
                                        else 100 * row["instructions_repeatability"]),
+            **({"instructions_layouts_pct": 100 * row["instructions_layout_spread"]}
+               if row.get("instructions_layout_spread") is not None else {}),
             "syncs_per_step": row.get("syncs_per_step"),
             "placed_share": row.get("placed_share"),
             "error": row.get("error"),

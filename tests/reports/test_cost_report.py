@@ -214,3 +214,31 @@ def test_contamination_rows():
     (row,) = cost.contamination_rows([record])
     assert row["library"] == "fastai" and row["wall_difference_us"]["value"] == pytest.approx(20.0)
     assert row["blocks"] == 3
+
+
+def with_layouts(record: dict, spread: dict) -> dict:
+    summary = {**record["summary"], "layouts": 3, "repeatability": {"native": None, "adapter": None},
+               "layout_spread": {"layouts": [0, 1, 2], **spread}}
+    return {**record, "summary": summary}
+
+
+def test_a_pass_over_several_heap_layouts_reports_their_spread_beside_the_runs():
+    from reports.analysis import cost_tables
+
+    layered = [*records()[:3], with_layouts(records()[3], {"native": 0.002, "adapter": 0.003, "difference": 0.004}),
+               records()[4]]
+    rows = {(r["adapter"], r["mode"]): r for r in cost.overhead_rows(layered)}
+    defaults = rows[("lightning", "defaults")]
+    assert defaults["instructions_layout_spread"] == 0.003 and defaults["instructions_layouts"] == 3
+    assert "3 heap layouts spread 0.3% per arm" in defaults["verdict"]["reason"]
+    assert "runs of one layout" not in defaults["verdict"]["reason"]  # each run had its own layout
+    assert "instructions_layout_spread" not in rows[("lightning", "aligned")]  # one layout there
+    text = cost.markdown(layered, title="Cost", machine="VM")
+    assert "heap layouts spread |" in text and "| 0.3000% |" in text and "Heap layouts:" in text
+    table = cost_tables([r for r in layered if r["kind"] == "paired"] + [r for r in layered if r["kind"] != "paired"])
+    paired = table["paired"]
+    assert "instructions_layouts_pct" in [c.key for c in paired.columns] and "heap layouts" in paired.note
+    # A pass over one layout leaves the report as it was (a published report still verifies).
+    plain = cost_tables(records())["paired"]
+    assert "instructions_layouts_pct" not in [c.key for c in plain.columns] and "heap layouts" not in plain.note
+    assert "heap layouts" not in cost.markdown(records(), title="Cost", machine="VM")
