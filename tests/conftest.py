@@ -101,3 +101,30 @@ def plugin_env(monkeypatch):
     yield
     registry.clear_caches()
     _ = sys
+
+
+@pytest.fixture
+def launch_environments(monkeypatch, request):
+    """Launch instruction-pass runs with ``Popen`` faked: ``launch(runs, **options)`` returns each run's environment."""
+    import sys
+
+    from harness.cost import instructions
+    from harness.cost.surroundings import Stage
+
+    def launch(runs, **options) -> list[dict[str, str]]:
+        launched = []
+
+        class FakeProcess:
+            pid = 1
+
+            def __init__(self, command, *, env, **kwargs) -> None:
+                launched.append(env)
+
+        monkeypatch.setattr(instructions.subprocess, "Popen", FakeProcess)
+        instructions.prepare_folders(runs)
+        stage = Stage.create(REPO_ROOT, {"cells": [], "protocol": {}}, {run.index: run.log for run in runs})
+        request.addfinalizer(stage.close)
+        instructions.launch(runs, stage, python=sys.executable, **options)
+        return launched
+
+    return launch

@@ -20,7 +20,6 @@ import pytest
 
 from harness.cost.analysis import instruction_summary, relative_spread
 from harness.cost.instructions import InstructionProtocol, Run, collect, measure, valgrind_options
-from harness.cost.surroundings import Stage
 from harness.spec import Spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,34 +121,22 @@ CELLS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_every_run_gets_the_repeatable_allocator_on_top_of_the_callers_tunables(tmp_path, monkeypatch, request):
+def test_every_run_gets_the_repeatable_allocator_on_top_of_the_callers_tunables(tmp_path, monkeypatch,
+                                                                                launch_environments):
     """The valgrind processes run with ``MALLOC_TUNABLES`` (after any tunables of the caller's own)."""
     from harness.cost import instructions
 
-    launched = []
-
-    class FakeProcess:
-        pid = 1
-
-        def __init__(self, command, *, env, **kwargs) -> None:
-            launched.append(env)
-
-    monkeypatch.setattr(instructions.subprocess, "Popen", FakeProcess)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F")
     runs = [Run(index=i, folder=tmp_path / f"run-{i}") for i in (1, 2)]
     protocol = InstructionProtocol()
-    instructions.prepare_folders(runs)
-    stage = Stage.create(REPO, {"cells": [], "protocol": {}}, {run.index: run.log for run in runs})
-    request.addfinalizer(stage.close)
-    instructions.launch(runs, stage, python=sys.executable, hash_seed=7, malloc_tunables=protocol.malloc_tunables)
+    launched = launch_environments(runs, hash_seed=7, malloc_tunables=protocol.malloc_tunables)
     expected = f"glibc.cpu.hwcaps=-AVX512F:{instructions.MALLOC_TUNABLES}"
     assert [env["GLIBC_TUNABLES"] for env in launched] == [expected, expected]
     assert "glibc.malloc.tcache_count=65535" in protocol.malloc_tunables
     assert all(env["PYTHONHASHSEED"] == "7" for env in launched)
 
-    launched.clear()
     monkeypatch.delenv("GLIBC_TUNABLES")
-    instructions.launch(runs, stage, python=sys.executable, hash_seed=0, malloc_tunables="")
+    launched = launch_environments(runs, hash_seed=0, malloc_tunables="")
     assert all("GLIBC_TUNABLES" not in env for env in launched)  # "" = glibc's own defaults
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cost import instructions, layout
+from harness.cost import layout
 from harness.cost.instructions import InstructionProtocol, Run, instruction_figures, no_address_randomization
-from harness.cost.surroundings import Stage
 from harness.spec import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,23 +119,11 @@ def test_several_layouts_give_their_mean_and_their_spread_apart_from_repeatabili
     assert alone["repeatability"]["native"] is None  # no two runs share a layout: repeatability not measured
 
 
-def test_each_run_is_launched_with_its_layout_and_never_the_callers(tmp_path, monkeypatch, request):
-    launched = []
-
-    class FakeProcess:
-        pid = 1
-
-        def __init__(self, command, *, env, **kwargs) -> None:
-            launched.append(env)
-
-    monkeypatch.setattr(instructions.subprocess, "Popen", FakeProcess)
+def test_each_run_is_launched_with_its_layout_and_never_the_callers(tmp_path, monkeypatch, launch_environments):
     monkeypatch.setenv(layout.ENV, "7")  # a caller's value must not reach a run
     protocol = InstructionProtocol(runs=3, layouts=2)
     runs = [Run(i, tmp_path / f"run-{i}", layout=(i - 1) % protocol.layouts) for i in (1, 2, 3)]
-    instructions.prepare_folders(runs)
-    stage = Stage.create(REPO, {"cells": [], "protocol": {}}, {run.index: run.log for run in runs})
-    request.addfinalizer(stage.close)
-    instructions.launch(runs, stage, python=sys.executable, hash_seed=0)
+    launched = launch_environments(runs, hash_seed=0)
     assert [env.get(layout.ENV) for env in launched] == [None, "1", None]
 
 
