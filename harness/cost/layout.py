@@ -65,6 +65,9 @@ def requested(environ: os._Environ | dict[str, str] = os.environ) -> int:
     return layout
 
 
-LAYOUT = requested()
+try:
+    LAYOUT = requested()
+except ValueError as error:  # a caller's bad value: one line, not a traceback from an import
+    raise SystemExit(f"bakeoff: error: {error}") from None
 PADDING = tuple(_allocate(size, index) for index, size in enumerate(padding_sizes(LAYOUT)))
 """Held for the life of the process (and of every cell forked from it)."""

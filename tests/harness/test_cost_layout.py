@@ -76,6 +76,13 @@ def test_a_bad_layout_value_is_refused_with_its_name(value):
     assert layout.requested({}) == 0
 
 
+def test_a_process_started_with_a_bad_layout_stops_with_one_line():
+    env = {**os.environ, "PYTHONPATH": str(REPO), layout.ENV: "two"}
+    out = subprocess.run([sys.executable, "-c", "import harness.cost.layout"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"bakeoff: error: {layout.ENV} must be a non-negative integer, not 'two'"
+
+
 def test_the_protocol_takes_between_one_layout_and_one_per_run():
     assert InstructionProtocol().layouts == 1
     assert InstructionProtocol(runs=3, layouts=3).layouts == 3
