@@ -32,6 +32,7 @@ from typing import Any
 
 from harness import locks, parity
 from harness.cost import record as cost_record
+from harness.cost.analysis import worse_arm
 from harness.environment import git_state
 from harness.payload import (
     KIND_COST,
@@ -516,8 +517,7 @@ def _cost_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     if record.get("kind") == "instructions" and isinstance(per_step, (int, float)):
         out["instructions_difference_per_step"] = per_step
         for name in ("repeatability", "layout_spread"):
-            spread = summary.get(name) or {}
-            worst = [v for v in (spread.get("native"), spread.get("adapter")) if isinstance(v, (int, float))]
-            if worst:
-                out[f"instructions_{name}"] = max(worst)  # the worse arm's (max - min) / mean
+            worst = worse_arm(summary.get(name))  # the worse arm's (max - min) / mean
+            if worst is not None:
+                out[f"instructions_{name}"] = worst
     return out

@@ -681,10 +681,7 @@ def cost_tables(cost_records: Sequence[dict[str, Any]]) -> dict[str, Table]:
               "the profile names a call site for."),
     )
     if columns is not PAIRED_COLUMNS:
-        paired.note += (" \"Across heap layouts spread\" is the same spread over runs given deliberately shifted "
-                        "heap layouts (harness.cost.layout): how far the placement of objects alone moves the counts, "
-                        "about what an unrelated code change moves them by; those cells' instruction figures are the "
-                        "mean over the layouts.")
+        paired.note += " \"Across heap layouts spread\" is the same spread over runs given " + cost_rows.LAYOUTS_NOTE
     syncs = Table(
         "syncs", "Host syncs", SYNC_COLUMNS, cost_rows.syncs_table_rows(cost_records),
         note=("Reads of device-resident tensors per optimizer step (`.item()`, `bool(tensor)`, `.cpu()`, `.tolist()`, "

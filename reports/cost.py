@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.cost.analysis import meets_target
+from harness.cost.analysis import meets_target, worse_arm
 from harness.cost.record import key_of, publishable, read_folder
 from harness.environment import REPO_ROOT
 
@@ -72,14 +72,12 @@ def verdict(paired: dict[str, Any] | None, instructions: dict[str, Any] | None) 
 
 def worst_spread(instructions: dict[str, Any]) -> float | None:
     """The worse arm's run-to-run spread of instructions per step ((max − min) / mean), or None."""
-    spread = (instructions.get("summary") or {}).get("repeatability") or {}
-    return max((spread[arm] for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
+    return worse_arm((instructions.get("summary") or {}).get("repeatability"))
 
 
 def layout_spread(instructions: dict[str, Any]) -> float | None:
     """The worse arm's spread of instructions per step across heap layouts, or None when one layout ran."""
-    spread = (instructions.get("summary") or {}).get("layout_spread") or {}
-    return max((spread[arm] for arm in ("native", "adapter") if spread.get(arm) is not None), default=None)
+    return worse_arm((instructions.get("summary") or {}).get("layout_spread"))
 
 
 def _repeats(instructions: dict[str, Any]) -> str:
@@ -94,6 +92,11 @@ def _repeats(instructions: dict[str, Any]) -> str:
     if worst is None or runs < 2:
         return "one run: repeatability not measured"
     return f"{runs} runs agree to {worst * 100:.2g}% per arm"
+
+
+LAYOUTS_NOTE = ("deliberately shifted heap layouts (harness.cost.layout): their spread is how far the placement of "
+                "objects alone moves the counts, about what an unrelated code change moves them by, and those cells' "
+                "instruction figures are the mean over the layouts.")
 
 
 def _percent(value: float | None) -> str:
@@ -433,10 +436,7 @@ def markdown(records: Sequence[dict[str, Any]], *, title: str, machine: str) -> 
             + f"{'–' if syncs is None else f'{syncs:g}'} |"
         )
     if layouts:
-        lines += ["", "Heap layouts: the instruction pass's runs were given deliberately shifted heap layouts "
-                  "(harness.cost.layout); their spread is how far the placement of objects alone moves the counts, "
-                  "about what an unrelated code change moves them by, and the instruction figures are the mean over "
-                  "the layouts."]
+        lines += ["", "Heap layouts: the instruction pass's runs were given " + LAYOUTS_NOTE]
     lines += ["", "Verdict clock per cell:", ""]
     lines += [f"- {row['label']}: {row['verdict']['clock'] or '–'} ({row['verdict']['reason']})" for row in rows]
     syncs = [r for r in sync_rows(records) if r["kind"] is not None]

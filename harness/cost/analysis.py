@@ -290,6 +290,12 @@ def relative_spread(values: Sequence[float]) -> float | None:
     return float((data.max() - data.min()) / abs(data.mean()))
 
 
+def worse_arm(spreads: dict | None) -> float | None:
+    """The larger of a spread table's ``native`` and ``adapter`` entries (None where neither was measured)."""
+    values = [(spreads or {}).get(arm) for arm in ("native", "adapter")]
+    return max((value for value in values if isinstance(value, (int, float))), default=None)
+
+
 def meets_target(difference: Interval | None, native_step_us: float | None) -> dict:
     """The paired target: CI half-width at most max(5 µs, 2% of the native step)."""
     if difference is None or native_step_us is None:

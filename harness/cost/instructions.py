@@ -137,6 +137,10 @@ class InstructionProtocol:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def layout_of(self, run: int) -> int:
+        """The heap layout of run ``run`` (numbered from 1): the runs cycle through the layouts."""
+        return (run - 1) % self.layouts
+
 
 class WindowLog:
     """Collection on at a window's start; off, dumped and logged at its end (one dump per window)."""
@@ -546,10 +550,10 @@ def cell_record(
         if any("native" not in r or "adapter" not in r for r in rounds):
             record.update(status="failed", error=f"run {index}: a round is missing an arm")
             return record
-        per_run.append({"run": index, "layout": (index - 1) % protocol.layouts, "rounds": rounds,
+        per_run.append({"run": index, "layout": protocol.layout_of(index), "rounds": rounds,
                         "functions": function_table(cell["functions"])})
     record["runs"] = per_run
-    record["summary"] = instruction_figures(per_run, protocol.layouts)
+    record["summary"] = instruction_figures(per_run)
     return record
 
 
@@ -562,7 +566,7 @@ def _spreads(native: Sequence[float], adapter: Sequence[float]) -> dict[str, flo
     }
 
 
-def instruction_figures(per_run: Sequence[dict[str, Any]], layouts: int = 1) -> dict[str, Any]:
+def instruction_figures(per_run: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A cell's figures from its runs' rounds: the paired rounds, the runs' repeatability, the layout spread.
 
     One layout: the figures are the first run's, and the runs' spread is their repeatability. Several:
@@ -587,7 +591,7 @@ def instruction_figures(per_run: Sequence[dict[str, Any]], layouts: int = 1) -> 
         rounds = zip(*(per_run[i]["rounds"] for i in members), strict=True)
         return [sum(r[arm]["per_step"] for r in group) / len(group) for group in rounds]
 
-    if layouts == 1:
+    if len(by_layout) == 1:
         chosen = {arm: per_round(arm, [0]) for arm in ("native", "adapter")}
         layout_spread = None
     else:
@@ -639,8 +643,7 @@ def measure(
     }  # the staged copy the worker reads adds its scratch folder ("workroot")
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1, sort_keys=True))
-    runs = [Run(index, folder / f"run-{index}", layout=(index - 1) % protocol.layouts)
-            for index in range(1, protocol.runs + 1)]
+    runs = [Run(i, folder / f"run-{i}", layout=protocol.layout_of(i)) for i in range(1, protocol.runs + 1)]
     expected = len(specs) * protocol.rounds * 2
     problems: list[str] = []
     batches = [runs] if parallel else [[run] for run in runs]

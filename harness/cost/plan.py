@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.cost import contamination as contamination_pass
 from harness.cost import instructions as instruction_pass
+from harness.cost.analysis import worse_arm
 from harness.cost.contamination import ContaminationProtocol
 from harness.cost.instructions import InstructionProtocol
 from harness.cost.paired import Protocol, cell_id
@@ -124,22 +125,18 @@ def _instruction_line(record: dict[str, Any]) -> str:
         f"{label}: native {summary['native_per_step']:,.0f} instr/step, adapter {summary['adapter_per_step']:,.0f}, "
         f"difference {summary['difference_per_step']:+,.0f}"
     )
-    spread = _worst(summary["repeatability"])
+    spread = worse_arm(summary["repeatability"])
     if spread is not None:
         text += f", runs agree to {spread:.4%}"
     layouts = summary.get("layout_spread")
     if layouts:
-        worst = _worst(layouts)
+        worst = worse_arm(layouts)
         text += f"; mean of {len(layouts['layouts'])} heap layouts"
         if worst is not None:
             text += f", which spread {worst:.4%} per arm"
         if layouts["difference"] is not None:
             text += f", {layouts['difference']:.4%} on the difference"
     return text
-
-
-def _worst(spreads: dict[str, Any]) -> float | None:
-    return max((spreads[arm] for arm in ("native", "adapter") if spreads.get(arm) is not None), default=None)
 
 
 def _protocol_values(cls, table: dict[str, Any], flags: dict[str, Any], where: str):

@@ -99,7 +99,7 @@ def _run(index: int, layout_index: int, native: list[float], adapter: list[float
 
 def test_one_layout_keeps_the_first_runs_figures_and_the_runs_spread_as_repeatability():
     runs = [_run(1, 0, [100, 102], [150, 152]), _run(2, 0, [100.1, 102.1], [150, 152])]
-    summary = instruction_figures(runs, layouts=1)
+    summary = instruction_figures(runs)
     assert summary["native_per_step"] == 101 and summary["adapter_per_step"] == 151
     assert summary["difference_per_step"] == 50
     assert summary["layout_spread"] is None and summary["layouts"] == 1
@@ -111,7 +111,7 @@ def test_several_layouts_give_their_mean_and_their_spread_apart_from_repeatabili
     # layout 0 has two runs (they agree to 0.1 on native), layout 1 one run 2% higher on native
     runs = [_run(1, 0, [100, 100], [150, 150]), _run(2, 1, [102, 102], [150, 150]),
             _run(3, 0, [100.1, 100.1], [150, 150])]
-    summary = instruction_figures(runs, layouts=2)
+    summary = instruction_figures(runs)
     layout0_native = 100.05
     assert summary["native_per_step"] == pytest.approx((layout0_native + 102) / 2)  # each layout weighs the same
     assert summary["adapter_per_step"] == 150
@@ -122,14 +122,14 @@ def test_several_layouts_give_their_mean_and_their_spread_apart_from_repeatabili
     assert summary["repeatability"]["native"] == pytest.approx(0.1 / 100.05)  # runs 1 and 3 only
     # the rounds' CI is over the layout-averaged rounds
     assert summary["difference"]["value"] == pytest.approx(150 - (layout0_native + 102) / 2)
-    alone = instruction_figures([runs[0], runs[1]], layouts=2)
+    alone = instruction_figures([runs[0], runs[1]])
     assert alone["repeatability"]["native"] is None  # no two runs share a layout: repeatability not measured
 
 
 def test_each_run_is_launched_with_its_layout_and_never_the_callers(tmp_path, monkeypatch, launch_environments):
     monkeypatch.setenv(layout.ENV, "7")  # a caller's value must not reach a run
     protocol = InstructionProtocol(runs=3, layouts=2)
-    runs = [Run(i, tmp_path / f"run-{i}", layout=(i - 1) % protocol.layouts) for i in (1, 2, 3)]
+    runs = [Run(i, tmp_path / f"run-{i}", layout=protocol.layout_of(i)) for i in (1, 2, 3)]
     launched = launch_environments(runs, hash_seed=0)
     assert [env.get(layout.ENV) for env in launched] == [None, "1", None]
 
@@ -139,8 +139,8 @@ def test_the_tracking_metrics_carry_both_spreads_of_an_instruction_record():
 
     runs = [_run(1, 0, [100, 100], [150, 150]), _run(2, 1, [102, 102], [150, 150]),
             _run(3, 0, [100.1, 100.1], [150, 150])]
-    metrics = _cost_metrics({"kind": "instructions", "summary": instruction_figures(runs, layouts=2)})
+    metrics = _cost_metrics({"kind": "instructions", "summary": instruction_figures(runs)})
     assert metrics["instructions_layout_spread"] == pytest.approx(1.95 / 101.025)  # the native arm's, the worse
     assert metrics["instructions_repeatability"] == pytest.approx(0.1 / 100.05)
-    single = _cost_metrics({"kind": "instructions", "summary": instruction_figures(runs[:1], layouts=1)})
+    single = _cost_metrics({"kind": "instructions", "summary": instruction_figures(runs[:1])})
     assert "instructions_layout_spread" not in single and "instructions_repeatability" not in single  # one run
